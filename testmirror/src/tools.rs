@@ -1,0 +1,37 @@
+//! Host tools that tests depend on.
+//!
+//! A missing tool fails the test with its name and the Debian package to
+//! install. On a developer machine `LINUX_GUEST_ALLOW_MISSING_TOOLS=1` turns
+//! that into a loud skip; with `CI=true` it never does.
+
+use std::path::PathBuf;
+
+/// Returns the tool's path, or panics naming it and its Debian package.
+/// With `LINUX_GUEST_ALLOW_MISSING_TOOLS=1` (and not in CI) returns `None`
+/// after printing a SKIPPED line; callers then return early.
+pub fn require_tool(tool: &str, debian_package: &str) -> Option<PathBuf> {
+    if let Some(p) = find_on_path(tool) {
+        return Some(p);
+    }
+    let ci = std::env::var("CI").map(|v| v == "true").unwrap_or(false);
+    let allow = std::env::var("LINUX_GUEST_ALLOW_MISSING_TOOLS").map(|v| v == "1").unwrap_or(false);
+    if allow && !ci {
+        eprintln!("SKIPPED: `{tool}` is not installed (apt-get install {debian_package}); LINUX_GUEST_ALLOW_MISSING_TOOLS=1");
+        return None;
+    }
+    panic!(
+        "test needs `{tool}`, which is not on PATH: apt-get install {debian_package} \
+         (or run `cargo xtask test`, which installs test prerequisites)"
+    );
+}
+
+pub fn find_on_path(tool: &str) -> Option<PathBuf> {
+    if tool.contains('/') {
+        let p = PathBuf::from(tool);
+        return p.is_file().then_some(p);
+    }
+    let path = std::env::var_os("PATH")?;
+    // sbin directories are not on every user's PATH but hold mkfs/ldconfig.
+    let extra = ["/usr/sbin", "/sbin"].map(PathBuf::from);
+    std::env::split_paths(&path).chain(extra).map(|d| d.join(tool)).find(|p| p.is_file())
+}
