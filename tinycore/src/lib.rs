@@ -6,3 +6,4 @@ pub mod edits;
 pub mod ldcache;
 pub mod mirror;
 pub mod openssh;
+pub mod setup;
