@@ -188,6 +188,9 @@ pub struct Config {
     /// Parallel downloads in [`Client::fetch_many`] and `.dep` fetches.
     pub parallelism: usize,
     pub progress: Progress,
+    /// Re-fetch cached `.dep` files (their contents have no checksum to
+    /// tell whether the mirror changed them).
+    pub refresh: bool,
 }
 
 impl Config {
@@ -209,6 +212,7 @@ impl Config {
             read_timeout: Duration::from_secs(30),
             parallelism: 4,
             progress: Progress::Auto,
+            refresh: false,
         }
     }
 }
@@ -756,9 +760,11 @@ impl Client {
 
     /// The text of `NAME.tcz.dep`, `None` if the mirror has none (404).
     ///
-    /// Online, it is always fetched (a first answering mirror is
-    /// authoritative: a 404 there means "no dependencies") and cached
-    /// (an empty file records the 404). Offline, only the cache is used.
+    /// A cached copy is used as is unless `refresh` is set, so a warm
+    /// setup makes no requests at all (like the verified `.tcz` cache);
+    /// `--refresh` re-reads every `.dep` to notice changed dependencies.
+    /// Fetched from the first answering mirror (a 404 there means "no
+    /// dependencies", cached as an empty file). Offline, only the cache.
     pub fn fetch_dep(&self, name: &str) -> Result<Option<String>> {
         let item = Item::tcz(name);
         let file = format!("{}.dep", item.file_name());
@@ -773,6 +779,11 @@ impl Client {
                 ),
                 Err(e) => Err(e).with_context(|| format!("cannot read {cached}")),
             };
+        }
+        if !self.cfg.refresh {
+            if let Ok(t) = std::fs::read_to_string(&cached) {
+                return Ok(Some(t));
+            }
         }
         let rep = Reporter::new(self.cfg.progress, 0);
         let mut failures = Vec::new();

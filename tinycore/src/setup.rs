@@ -27,6 +27,8 @@ pub struct Plan {
     pub packages: Vec<String>,
     pub kernel_deps: KernelDeps,
     pub offline: bool,
+    /// Re-read cached `.dep` files from the mirror.
+    pub refresh: bool,
     pub download_jobs: usize,
     pub unpack_threads: usize,
     pub progress: Progress,
@@ -56,6 +58,7 @@ impl Plan {
             self.build_dir.join("downloads"),
         );
         cfg.offline = self.offline;
+        cfg.refresh = self.refresh;
         cfg.parallelism = self.download_jobs.max(1);
         cfg.progress = self.progress;
         Client::new(cfg)

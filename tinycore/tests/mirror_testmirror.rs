@@ -120,7 +120,7 @@ fn resolve_fetch_and_reuse_the_cache() {
         .requests()
         .contains(&e.mirror.tcz_url_path("openssh.tcz.dep")));
 
-    // Second run, online: only the (small, uncached-by-design) .dep files.
+    // Second run, online: everything from the cache, not a single request.
     e.server.clear_requests();
     let res2 = client
         .resolve(
@@ -131,11 +131,19 @@ fn resolve_fetch_and_reuse_the_cache() {
     assert_eq!(res2, res);
     let report = client.fetch_many(&items).unwrap();
     assert_eq!((report.downloaded(), report.cached()), (0, 12));
-    assert!(
-        e.server.requests().iter().all(|p| p.ends_with(".tcz.dep")),
-        "{:?}",
-        e.server.requests()
-    );
+    assert!(e.server.requests().is_empty(), "{:?}", e.server.requests());
+
+    // With refresh, the .dep files (which have no checksum) are read again.
+    e.server.clear_requests();
+    let mut cfg = client.config().clone();
+    cfg.refresh = true;
+    let refreshing = tinycore::mirror::Client::new(cfg).unwrap();
+    let res_r = refreshing
+        .resolve(&roots(&["openssh", "strace", "cycle-demo", "chain-top"]), KernelDeps::Skip)
+        .unwrap();
+    assert_eq!(res_r, res);
+    assert!(e.server.requests().iter().any(|p| p.ends_with("openssh.tcz.dep")));
+    assert!(e.server.requests().iter().all(|p| p.ends_with(".tcz.dep")), "{:?}", e.server.requests());
 
     // Offline: the same answers and not a single request.
     e.server.clear_requests();

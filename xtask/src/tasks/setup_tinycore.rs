@@ -25,6 +25,10 @@ pub struct Flags {
     /// Use only the download cache; fail naming anything missing
     #[arg(long)]
     offline: bool,
+    /// Re-read the cached `.dep` files from the mirror (they carry no
+    /// checksum, so a warm cache otherwise trusts them)
+    #[arg(long, conflicts_with = "offline")]
+    refresh: bool,
     /// Print the resolved packages in install order and stop
     #[arg(long, visible_alias = "list")]
     dry_run: bool,
@@ -65,6 +69,7 @@ pub fn plan(c: &Config, f: &Flags) -> Plan {
             None => KernelDeps::Skip,
         },
         offline: f.offline,
+        refresh: f.refresh,
         download_jobs: f.download_jobs,
         unpack_threads: f.unpack_threads.unwrap_or(cores),
         progress: if f.no_progress { Progress::Lines } else { Progress::Auto },
