@@ -27,11 +27,48 @@ pub fn require_tool(tool: &str, debian_package: &str) -> Option<PathBuf> {
 
 pub fn find_on_path(tool: &str) -> Option<PathBuf> {
     if tool.contains('/') {
-        let p = PathBuf::from(tool);
-        return p.is_file().then_some(p);
+        return find_file(tool);
     }
     let path = std::env::var_os("PATH")?;
     // sbin directories are not on every user's PATH but hold mkfs/ldconfig.
     let extra = ["/usr/sbin", "/sbin"].map(PathBuf::from);
     std::env::split_paths(&path).chain(extra).map(|d| d.join(tool)).find(|p| p.is_file())
+}
+
+/// A file path, where the last component may hold one `*`
+/// (`/boot/vmlinuz-*`): the last match in name order.
+fn find_file(pattern: &str) -> Option<PathBuf> {
+    let p = PathBuf::from(pattern);
+    let name = p.file_name()?.to_str()?;
+    let Some((prefix, suffix)) = name.split_once('*') else {
+        return p.is_file().then_some(p);
+    };
+    let dir = p.parent()?;
+    let mut hits: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter(|e| {
+            let n = e.file_name();
+            let n = n.to_string_lossy();
+            n.len() >= prefix.len() + suffix.len() && n.starts_with(prefix) && n.ends_with(suffix)
+        })
+        .map(|e| e.path())
+        .filter(|p| p.is_file())
+        .collect();
+    hits.sort();
+    hits.pop()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn globs_in_the_last_component() {
+        let dir = tempfile::tempdir().unwrap();
+        for n in ["vmlinuz-6.1.0-1", "vmlinuz-6.1.0-2", "config-6.1.0-2"] {
+            std::fs::write(dir.path().join(n), b"").unwrap();
+        }
+        let pat = format!("{}/vmlinuz-*", dir.path().display());
+        assert_eq!(super::find_on_path(&pat), Some(dir.path().join("vmlinuz-6.1.0-2")));
+        assert_eq!(super::find_on_path(&format!("{}/nope-*", dir.path().display())), None);
+    }
 }
