@@ -76,6 +76,25 @@ pub struct Report {
     pub edits: EditReport,
     pub host_keys: Vec<openssh::HostKey>,
     pub elapsed: Duration,
+    /// Wall time of each stage, in order, for `-v` output and the bench.
+    pub stages: Vec<(&'static str, Duration)>,
+}
+
+/// Records how long each stage took.
+struct Stopwatch {
+    last: Instant,
+    stages: Vec<(&'static str, Duration)>,
+}
+
+impl Stopwatch {
+    fn new() -> Stopwatch {
+        Stopwatch { last: Instant::now(), stages: vec![] }
+    }
+    fn lap(&mut self, name: &'static str) {
+        let now = Instant::now();
+        self.stages.push((name, now - self.last));
+        self.last = now;
+    }
 }
 
 /// Resolves the packages only (`--list`/`--dry-run`).
@@ -85,6 +104,7 @@ pub fn resolve(plan: &Plan) -> Result<Resolution> {
 
 pub fn run(plan: &Plan, log: &dyn Fn(&str)) -> Result<Report> {
     let start = Instant::now();
+    let mut sw = Stopwatch::new();
     std::fs::create_dir_all(&plan.build_dir)
         .with_context(|| format!("cannot create the build directory {}", plan.build_dir))?;
     let client = plan.client()?;
@@ -93,6 +113,7 @@ pub fn run(plan: &Plan, log: &dyn Fn(&str)) -> Result<Report> {
     for w in resolution.warnings() {
         log(&format!("warning: {w}"));
     }
+    sw.lap("resolve");
     let core = client.fetch_item(&client.core())?;
     let tczs = client.fetch_tczs(&resolution.order)?;
     let downloaded = tczs.downloaded() + usize::from(matches!(core.source, mirror::Source::Downloaded { .. }));
@@ -103,15 +124,18 @@ pub fn run(plan: &Plan, log: &dyn Fn(&str)) -> Result<Report> {
             mirror::Source::Cached => 0,
         };
 
+    sw.lap("fetch");
     let staging = plan.build_dir.join("tc_root.new");
     if staging.exists() {
         rootfs::contain::remove_tree(&staging)?;
     }
     std::fs::create_dir_all(&staging).with_context(|| format!("cannot create {staging}"))?;
 
+    sw.lap("clean");
     let mut manifest = Manifest::new();
     let core_name = core.path.file_name().unwrap_or("core").to_string();
     let mut unpacked = rootfs::unpack::cpio(&core.path, &staging, &mut manifest, &core_name)?;
+    sw.lap("unpack core");
     let archives: Vec<(Utf8PathBuf, String)> = tczs
         .files
         .iter()
@@ -119,6 +143,7 @@ pub fn run(plan: &Plan, log: &dyn Fn(&str)) -> Result<Report> {
         .collect();
     unpacked += rootfs::unpack::squashfs_many(&archives, &staging, &mut manifest, plan.unpack_threads)?;
 
+    sw.lap("unpack extensions");
     let mut report = edits::apply_distro_edits(&staging)?;
     let (overrides, r) = Overrides::from_guest_dir(&plan.guest_dir)?;
     report.merge(r);
@@ -144,11 +169,14 @@ pub fn run(plan: &Plan, log: &dyn Fn(&str)) -> Result<Report> {
         host_keys = s.host_keys;
         report.merge(s.report);
     }
+    sw.lap("edits");
     // Last, so that it sees every library the steps above added or removed.
     report.merge(ldcache::refresh(&staging)?);
+    sw.lap("ldconfig");
 
     manifest.save(&plan.build_dir.join("tc_root.manifest.new"))?;
     swap_into_place(&staging, &plan.tc_root(), &plan.build_dir.join("tc_root.manifest.new"), &plan.manifest_path())?;
+    sw.lap("manifest + swap");
 
     Ok(Report {
         resolution,
@@ -160,6 +188,7 @@ pub fn run(plan: &Plan, log: &dyn Fn(&str)) -> Result<Report> {
         edits: report,
         host_keys,
         elapsed: start.elapsed(),
+        stages: sw.stages,
     })
 }
 
