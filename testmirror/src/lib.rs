@@ -5,6 +5,7 @@ pub mod core;
 pub mod mirror;
 pub mod newc;
 pub mod server;
+pub mod qemu;
 pub mod tools;
 
 pub use mirror::{build, BuiltMirror, Layout};

@@ -75,6 +75,10 @@ pub struct Config {
     pub ssh_key: Sourced<Utf8PathBuf>,
     pub copy_private_key: Sourced<bool>,
     pub sshd_port: Sourced<u16>,
+    /// Replaces `/etc/init.d/rcS` (else guest/rcS-link, if it resolves).
+    pub rcs_override: Sourced<Option<Utf8PathBuf>>,
+    /// Becomes `/root/tc-sys.sh` (else guest/tc-sys.sh-link, if it resolves).
+    pub tc_sys_override: Sourced<Option<Utf8PathBuf>>,
     pub linux: Sourced<Option<Utf8PathBuf>>,
     pub skip_kernel: Sourced<bool>,
     pub make_jobs: Sourced<usize>,
@@ -108,6 +112,8 @@ struct FileGuest {
     ssh_key: Option<String>,
     copy_private_key: Option<bool>,
     sshd_port: Option<u16>,
+    rcs: Option<String>,
+    tc_sys: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -217,6 +223,8 @@ impl Config {
             ssh_key: Sourced::new(resolve_path(&ws, "~/.ssh/id_ed25519"), Origin::Default),
             copy_private_key: Sourced::new(false, Origin::Default),
             sshd_port: Sourced::new(22, Origin::Default),
+            rcs_override: Sourced::new(None, Origin::Default),
+            tc_sys_override: Sourced::new(None, Origin::Default),
             linux: Sourced::new(None, Origin::Default),
             skip_kernel: Sourced::new(false, Origin::Default),
             make_jobs: Sourced::new(default_jobs(), Origin::Default),
@@ -251,6 +259,12 @@ impl Config {
         }
         if let Some(v) = g.sshd_port {
             cfg.sshd_port.set(v, fo());
+        }
+        if let Some(v) = g.rcs {
+            cfg.rcs_override.set(Some(resolve_path(&ws, &v)), fo());
+        }
+        if let Some(v) = g.tc_sys {
+            cfg.tc_sys_override.set(Some(resolve_path(&ws, &v)), fo());
         }
         let b = file.build;
         if let Some(v) = b.dir {
@@ -393,13 +407,15 @@ impl Config {
             ("ssh key", self.ssh_key.value.to_string(), &self.ssh_key.origin),
             ("copy private key", self.copy_private_key.value.to_string(), &self.copy_private_key.origin),
             ("sshd port", self.sshd_port.value.to_string(), &self.sshd_port.origin),
+            ("rcS override", opt(&self.rcs_override.value), &self.rcs_override.origin),
+            ("tc-sys.sh override", opt(&self.tc_sys_override.value), &self.tc_sys_override.origin),
             ("linux", opt(&self.linux.value), &self.linux.origin),
             ("skip kernel", self.skip_kernel.value.to_string(), &self.skip_kernel.origin),
             ("make jobs", self.make_jobs.value.to_string(), &self.make_jobs.origin),
         ];
         let mut out = String::new();
         for (k, v, o) in rows {
-            out.push_str(&format!("{k:<17} {v}\n{:<17} ({o})\n", ""));
+            out.push_str(&format!("{k:<19} {v}\n{:<19} ({o})\n", ""));
         }
         out
     }

@@ -73,7 +73,7 @@ fn main() {
         Task::Config => load_config(g, |_| {}).map(|c| print!("{}", c.describe())),
         Task::SetupTinycore(f) => load_config(g, |o| f.apply(o)).and_then(|c| tasks::setup_tinycore::run(&c, &f)),
         Task::Rebuild(f) => load_config(g, |o| f.apply(o)).and_then(|c| tasks::rebuild::run(&c, &f)),
-        Task::CatCpio(f) => tasks::cat_cpio::run(g, &f),
+        Task::CatCpio(f) => load_config(g, |_| {}).and_then(|c| tasks::cat_cpio::run(&c, &f)),
         Task::EmbedPayload(f) => tasks::embed_payload::run(&f),
         Task::Doctor => tasks::doctor::run(),
         Task::Test(f) => tasks::test::run(&f),

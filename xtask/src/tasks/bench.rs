@@ -73,6 +73,7 @@ pub fn run(c: &Config, f: &Flags) -> Result<()> {
         unpack_threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         progress: Progress::Quiet,
         guest_dir: c.guest_dir(),
+        overrides: Default::default(),
         custom_binaries: vec![],
         custom_removals: vec![],
         ssh_key: None,

@@ -74,6 +74,10 @@ pub fn plan(c: &Config, f: &Flags) -> Plan {
         unpack_threads: f.unpack_threads.unwrap_or(cores),
         progress: if f.no_progress { Progress::Lines } else { Progress::Auto },
         guest_dir: c.guest_dir(),
+        overrides: tinycore::edits::Overrides {
+            rcs: c.rcs_override.value.clone(),
+            tc_sys: c.tc_sys_override.value.clone(),
+        },
         custom_binaries: c.custom_binaries.value.clone(),
         custom_removals: c.custom_removals.value.iter().map(Utf8PathBuf::from).collect(),
         ssh_key: Some(c.ssh_key.value.clone()),
