@@ -34,6 +34,8 @@ pub struct Plan {
     pub progress: Progress,
     /// `guest/`: where `rcS-link` and `tc-sys.sh-link` live.
     pub guest_dir: Utf8PathBuf,
+    /// Explicit overrides; they win over the guest dir's magic links.
+    pub overrides: Overrides,
     pub custom_binaries: Vec<Utf8PathBuf>,
     pub custom_removals: Vec<Utf8PathBuf>,
     /// The user's key (private key path; `.pub` is next to it).
@@ -145,8 +147,14 @@ pub fn run(plan: &Plan, log: &dyn Fn(&str)) -> Result<Report> {
 
     sw.lap("unpack extensions");
     let mut report = edits::apply_distro_edits(&staging)?;
-    let (overrides, r) = Overrides::from_guest_dir(&plan.guest_dir)?;
+    let (mut overrides, r) = Overrides::from_guest_dir(&plan.guest_dir)?;
     report.merge(r);
+    if plan.overrides.rcs.is_some() {
+        overrides.rcs = plan.overrides.rcs.clone();
+    }
+    if plan.overrides.tc_sys.is_some() {
+        overrides.tc_sys = plan.overrides.tc_sys.clone();
+    }
     report.merge(edits::apply_overrides(&staging, &overrides)?);
     if !plan.custom_binaries.is_empty() {
         report.merge(edits::install_binaries(&staging, &mut manifest, &plan.custom_binaries)?);
