@@ -34,6 +34,10 @@ fn env() -> Option<Env> {
 
 /// Runs xtask with a clean environment (no PACKAGES etc. from the caller).
 fn xtask(e: &Env, as_nobody: bool, build: &Utf8Path, args: &[&str]) -> Output {
+    xtask_env(e, as_nobody, build, args, &[])
+}
+
+fn xtask_env(e: &Env, as_nobody: bool, build: &Utf8Path, args: &[&str], vars: &[(&str, &str)]) -> Output {
     let mut cmd = if as_nobody {
         let mut c = Command::new("setpriv");
         c.args(["--reuid=65534", "--regid=65534", "--clear-groups", XTASK]);
@@ -44,6 +48,7 @@ fn xtask(e: &Env, as_nobody: bool, build: &Utf8Path, args: &[&str]) -> Output {
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap())
         .env("HOME", e.dir.join("home"))
+        .envs(vars.iter().copied())
         .arg("--build-dir")
         .arg(build)
         .args(args);
@@ -52,11 +57,17 @@ fn xtask(e: &Env, as_nobody: bool, build: &Utf8Path, args: &[&str]) -> Output {
     out
 }
 
+/// Installs openssh and strace: as root through flags, as nobody through
+/// the old scripts' PACKAGES variable.
 fn setup(e: &Env, as_nobody: bool, build: &Utf8Path, extra: &[&str]) -> Output {
     let url = e.server.url();
-    let mut args = vec!["setup-tinycore", "--mirror", &url, "-p", "openssh", "-p", "strace", "--no-progress"];
+    let mut args = vec!["setup-tinycore", "--mirror", &url, "--no-progress"];
+    if !as_nobody {
+        args.extend(["-p", "openssh", "-p", "strace"]);
+    }
     args.extend_from_slice(extra);
-    xtask(e, as_nobody, build, &args)
+    let vars: &[(&str, &str)] = if as_nobody { &[("PACKAGES", "openssh strace")] } else { &[] };
+    xtask_env(e, as_nobody, build, &args, vars)
 }
 
 fn stderr(o: &Output) -> String {
