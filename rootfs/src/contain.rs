@@ -92,6 +92,19 @@ pub fn resolve_parent(
     archive: &Utf8Path,
     entry: &str,
 ) -> Result<ResolvedParent> {
+    resolve_parent_with(root, parent, archive, entry, &|_| false)
+}
+
+/// [`resolve_parent`] with a cache: `known_dir(rel)` is true only for paths
+/// (relative to `root`) that are real directories reached without symlinks,
+/// which are then taken as such without an `lstat`.
+pub fn resolve_parent_with(
+    root: &Utf8Path,
+    parent: &[&str],
+    archive: &Utf8Path,
+    entry: &str,
+    known_dir: &dyn Fn(&str) -> bool,
+) -> Result<ResolvedParent> {
     let mut done: Vec<String> = Vec::with_capacity(parent.len());
     let mut pending: VecDeque<String> = parent.iter().map(|s| s.to_string()).collect();
     let mut hops = 0;
@@ -132,6 +145,10 @@ pub fn resolve_parent(
             rel.push('/');
         }
         rel.push_str(&c);
+        if known_dir(&rel) {
+            done.push(c);
+            continue;
+        }
         let disk = root.join(&rel);
         let md = match std::fs::symlink_metadata(&disk) {
             Ok(md) => md,

@@ -26,7 +26,10 @@ impl AtomicFile {
             .suffix(".tmp")
             .tempfile_in(dir)
             .with_context(|| format!("cannot create a temporary file in {dir} for {dest}"))?;
-        Ok(AtomicFile { dest: dest.to_owned(), tmp })
+        Ok(AtomicFile {
+            dest: dest.to_owned(),
+            tmp,
+        })
     }
 
     pub fn file(&mut self) -> &mut std::fs::File {
@@ -36,9 +39,18 @@ impl AtomicFile {
     /// Flushes, syncs and renames over the destination.
     pub fn commit(mut self) -> Result<()> {
         let dest = self.dest.clone();
-        self.tmp.as_file_mut().flush().with_context(|| format!("cannot write {dest}"))?;
-        self.tmp.as_file().sync_all().with_context(|| format!("cannot sync {dest}"))?;
-        self.tmp.persist(&dest).map_err(|e| e.error).with_context(|| format!("cannot rename the new {dest} into place"))?;
+        self.tmp
+            .as_file_mut()
+            .flush()
+            .with_context(|| format!("cannot write {dest}"))?;
+        self.tmp
+            .as_file()
+            .sync_all()
+            .with_context(|| format!("cannot sync {dest}"))?;
+        self.tmp
+            .persist(&dest)
+            .map_err(|e| e.error)
+            .with_context(|| format!("cannot rename the new {dest} into place"))?;
         Ok(())
     }
 }
@@ -55,7 +67,8 @@ impl Write for AtomicFile {
 /// Writes `bytes` to `dest` atomically.
 pub fn write_atomic(dest: &Utf8Path, bytes: &[u8]) -> Result<()> {
     let mut f = AtomicFile::create(dest)?;
-    f.write_all(bytes).with_context(|| format!("cannot write {dest}"))?;
+    f.write_all(bytes)
+        .with_context(|| format!("cannot write {dest}"))?;
     f.commit()
 }
 
@@ -74,6 +87,10 @@ mod tests {
             // dropped: an interrupted write
         }
         assert_eq!(std::fs::read(&dest).unwrap(), b"old");
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "temp file left behind");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "temp file left behind"
+        );
     }
 }

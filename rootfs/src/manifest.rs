@@ -120,8 +120,13 @@ impl Manifest {
     /// file, or deleted by CUSTOM_REMOVALS).
     pub fn remove_tree(&mut self, path: &str) {
         let path = guest_path(path);
-        let prefix = if path == "/" { "/".to_string() } else { format!("{path}/") };
-        self.entries.retain(|p, _| *p != path && !p.starts_with(&prefix));
+        let prefix = if path == "/" {
+            "/".to_string()
+        } else {
+            format!("{path}/")
+        };
+        self.entries
+            .retain(|p, _| *p != path && !p.starts_with(&prefix));
     }
 
     pub fn len(&self) -> usize {
@@ -159,7 +164,11 @@ impl Manifest {
                     writeln!(out, "file {name} {loc} {mode:04o} {uid} {gid}")
                 }
                 Kind::Symlink { target } => {
-                    writeln!(out, "slink {name} {} {mode:04o} {uid} {gid}", escape(target))
+                    writeln!(
+                        out,
+                        "slink {name} {} {mode:04o} {uid} {gid}",
+                        escape(target)
+                    )
                 }
                 Kind::CharDev { major, minor } => {
                     writeln!(out, "nod {name} {mode:04o} {uid} {gid} c {major} {minor}")
@@ -212,11 +221,16 @@ impl Manifest {
 fn parse_line(line: &str, source: Option<String>) -> Result<(String, Entry)> {
     let f: Vec<&str> = line.split_whitespace().collect();
     let num = |i: usize| -> Result<u32> {
-        let s = f.get(i).with_context(|| format!("missing field {}", i + 1))?;
-        s.parse::<u32>().with_context(|| format!("field {} `{s}` is not a number", i + 1))
+        let s = f
+            .get(i)
+            .with_context(|| format!("missing field {}", i + 1))?;
+        s.parse::<u32>()
+            .with_context(|| format!("field {} `{s}` is not a number", i + 1))
     };
     let oct = |i: usize| -> Result<u32> {
-        let s = f.get(i).with_context(|| format!("missing field {}", i + 1))?;
+        let s = f
+            .get(i)
+            .with_context(|| format!("missing field {}", i + 1))?;
         let v = u32::from_str_radix(s, 8)
             .with_context(|| format!("field {} `{s}` is not an octal mode", i + 1))?;
         if v > 0o7777 {
@@ -252,7 +266,16 @@ fn parse_line(line: &str, source: Option<String>) -> Result<(String, Entry)> {
         "sock" => (Kind::Socket, oct(2)?, num(3)?, num(4)?),
         other => bail!("unknown entry type `{other}` (dir, file, slink, nod, pipe, sock)"),
     };
-    Ok((name()?, Entry { mode, uid, gid, kind, source }))
+    Ok((
+        name()?,
+        Entry {
+            mode,
+            uid,
+            gid,
+            kind,
+            source,
+        },
+    ))
 }
 
 /// Octal-escapes whitespace, `#`, `\` and control characters.
@@ -297,28 +320,78 @@ mod tests {
     fn sample() -> Manifest {
         let mut m = Manifest::new();
         let core = Some("corepure64.gz".to_string());
-        m.insert("dev", Entry { mode: 0o755, uid: 0, gid: 0, kind: Kind::Dir, source: core.clone() });
+        m.insert(
+            "dev",
+            Entry {
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+                kind: Kind::Dir,
+                source: core.clone(),
+            },
+        );
         m.insert(
             "/dev/console",
-            Entry { mode: 0o600, uid: 0, gid: 50, kind: Kind::CharDev { major: 5, minor: 1 }, source: core.clone() },
+            Entry {
+                mode: 0o600,
+                uid: 0,
+                gid: 50,
+                kind: Kind::CharDev { major: 5, minor: 1 },
+                source: core.clone(),
+            },
         );
         m.insert(
             "./bin/busybox.suid",
-            Entry { mode: 0o4755, uid: 0, gid: 0, kind: Kind::File, source: core.clone() },
+            Entry {
+                mode: 0o4755,
+                uid: 0,
+                gid: 0,
+                kind: Kind::File,
+                source: core.clone(),
+            },
         );
         m.insert(
             "bin/sh",
-            Entry { mode: 0o777, uid: 0, gid: 0, kind: Kind::Symlink { target: "busybox".into() }, source: core },
+            Entry {
+                mode: 0o777,
+                uid: 0,
+                gid: 0,
+                kind: Kind::Symlink {
+                    target: "busybox".into(),
+                },
+                source: core,
+            },
         );
         m.insert(
             "usr/local/share/a file#1",
-            Entry { mode: 0o644, uid: 1001, gid: 50, kind: Kind::File, source: Some("x.tcz".into()) },
+            Entry {
+                mode: 0o644,
+                uid: 1001,
+                gid: 50,
+                kind: Kind::File,
+                source: Some("x.tcz".into()),
+            },
         );
         m.insert(
             "dev/sda",
-            Entry { mode: 0o660, uid: 0, gid: 6, kind: Kind::BlockDev { major: 8, minor: 0 }, source: None },
+            Entry {
+                mode: 0o660,
+                uid: 0,
+                gid: 6,
+                kind: Kind::BlockDev { major: 8, minor: 0 },
+                source: None,
+            },
         );
-        m.insert("run/fifo", Entry { mode: 0o600, uid: 0, gid: 0, kind: Kind::Fifo, source: None });
+        m.insert(
+            "run/fifo",
+            Entry {
+                mode: 0o600,
+                uid: 0,
+                gid: 0,
+                kind: Kind::Fifo,
+                source: None,
+            },
+        );
         m
     }
 
@@ -326,10 +399,19 @@ mod tests {
     fn text_round_trips() {
         let m = sample();
         let text = m.to_text();
-        assert!(text.contains("nod /dev/console 0600 0 50 c 5 1\n"), "{text}");
-        assert!(text.contains("file /bin/busybox.suid bin/busybox.suid 4755 0 0\n"), "{text}");
+        assert!(
+            text.contains("nod /dev/console 0600 0 50 c 5 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("file /bin/busybox.suid bin/busybox.suid 4755 0 0\n"),
+            "{text}"
+        );
         assert!(text.contains("slink /bin/sh busybox 0777 0 0\n"), "{text}");
-        assert!(text.contains("/usr/local/share/a\\040file\\0431 "), "{text}");
+        assert!(
+            text.contains("/usr/local/share/a\\040file\\0431 "),
+            "{text}"
+        );
         assert!(text.contains("#@ source x.tcz\n"), "{text}");
         assert_eq!(Manifest::from_text(&text, "t").unwrap(), m);
     }
@@ -337,7 +419,16 @@ mod tests {
     #[test]
     fn remove_tree_removes_children_only() {
         let mut m = sample();
-        m.insert("/devices", Entry { mode: 0o755, uid: 0, gid: 0, kind: Kind::Dir, source: None });
+        m.insert(
+            "/devices",
+            Entry {
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+                kind: Kind::Dir,
+                source: None,
+            },
+        );
         m.remove_tree("/dev");
         assert!(m.get("/dev/console").is_none());
         assert!(m.get("/dev").is_none());
@@ -346,7 +437,8 @@ mod tests {
 
     #[test]
     fn bad_lines_name_the_line() {
-        let err = Manifest::from_text("dir /a 0755 0 0\nnod /b 0600 0 0 x 1 2\n", "m.txt").unwrap_err();
+        let err =
+            Manifest::from_text("dir /a 0755 0 0\nnod /b 0600 0 0 x 1 2\n", "m.txt").unwrap_err();
         assert!(format!("{err:#}").contains("m.txt:2"), "{err:#}");
         let err = Manifest::from_text("dir a 0755 0 0\n", "m").unwrap_err();
         assert!(format!("{err:#}").contains("absolute"), "{err:#}");

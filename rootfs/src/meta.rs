@@ -57,7 +57,11 @@ pub fn collect(root: &Utf8Path, manifest: &Manifest) -> Result<Vec<Node>> {
     walk(root, root, manifest, &mut nodes)?;
     for (path, e) in manifest.iter() {
         if e.kind.is_manifest_only() && !nodes.contains_key(path) {
-            let (uid, gid) = if under_home_tc(path) { (TC_UID, STAFF_GID) } else { (e.uid, e.gid) };
+            let (uid, gid) = if under_home_tc(path) {
+                (TC_UID, STAFF_GID)
+            } else {
+                (e.uid, e.gid)
+            };
             nodes.insert(
                 path.to_string(),
                 Node {
@@ -77,8 +81,15 @@ pub fn collect(root: &Utf8Path, manifest: &Manifest) -> Result<Vec<Node>> {
     Ok(nodes.into_values().collect())
 }
 
-fn walk(root: &Utf8Path, dir: &Utf8Path, manifest: &Manifest, out: &mut BTreeMap<String, Node>) -> Result<()> {
-    let rd = dir.read_dir_utf8().with_context(|| format!("cannot read directory {dir}"))?;
+fn walk(
+    root: &Utf8Path,
+    dir: &Utf8Path,
+    manifest: &Manifest,
+    out: &mut BTreeMap<String, Node>,
+) -> Result<()> {
+    let rd = dir
+        .read_dir_utf8()
+        .with_context(|| format!("cannot read directory {dir}"))?;
     for ent in rd {
         let ent = ent.with_context(|| format!("cannot read directory {dir}"))?;
         let disk = ent.path().to_owned();
@@ -89,7 +100,8 @@ fn walk(root: &Utf8Path, dir: &Utf8Path, manifest: &Manifest, out: &mut BTreeMap
         let kind = if ft.is_dir() {
             Kind::Dir
         } else if ft.is_symlink() {
-            let target = std::fs::read_link(&disk).with_context(|| format!("cannot read symlink {disk}"))?;
+            let target =
+                std::fs::read_link(&disk).with_context(|| format!("cannot read symlink {disk}"))?;
             let target = target
                 .into_os_string()
                 .into_string()
@@ -103,10 +115,17 @@ fn walk(root: &Utf8Path, dir: &Utf8Path, manifest: &Manifest, out: &mut BTreeMap
                  (a `nod`/`pipe`/`sock` line), not in tc_root"
             );
         };
-        let recorded = manifest.get(&path).filter(|e| e.kind == kind || (matches!(kind, Kind::Symlink { .. }) && matches!(e.kind, Kind::Symlink { .. })));
+        let recorded = manifest.get(&path).filter(|e| {
+            e.kind == kind
+                || (matches!(kind, Kind::Symlink { .. }) && matches!(e.kind, Kind::Symlink { .. }))
+        });
         let disk_mode = md.mode() & 0o7777;
         let (mode, mut uid, mut gid) = match (recorded, &kind) {
-            (_, Kind::Symlink { .. }) => (0o777, recorded.map_or(0, |e| e.uid), recorded.map_or(0, |e| e.gid)),
+            (_, Kind::Symlink { .. }) => (
+                0o777,
+                recorded.map_or(0, |e| e.uid),
+                recorded.map_or(0, |e| e.gid),
+            ),
             (Some(e), Kind::Dir) => (e.mode & 0o7777, e.uid, e.gid),
             (Some(e), _) => ((disk_mode & 0o777) | (e.mode & 0o7000), e.uid, e.gid),
             (None, _) => (disk_mode, 0, 0),
@@ -149,28 +168,79 @@ mod tests {
         std::fs::create_dir_all(root.join("bin")).unwrap();
         std::fs::create_dir_all(root.join("home/tc")).unwrap();
         std::fs::write(root.join("bin/busybox.suid"), b"x").unwrap();
-        std::fs::set_permissions(root.join("bin/busybox.suid"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(
+            root.join("bin/busybox.suid"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
         std::fs::hard_link(root.join("bin/busybox.suid"), root.join("bin/su")).unwrap();
         std::fs::write(root.join("home/tc/.profile"), b"p").unwrap();
         std::fs::write(root.join("added"), b"a").unwrap();
         std::os::unix::fs::symlink("busybox.suid", root.join("bin/sh")).unwrap();
         let mut m = Manifest::new();
-        m.insert("/bin", Entry { mode: 0o555, uid: 0, gid: 0, kind: Kind::Dir, source: None });
-        m.insert("/bin/busybox.suid", Entry { mode: 0o4700, uid: 0, gid: 50, kind: Kind::File, source: None });
-        m.insert("/dev/console", Entry { mode: 0o600, uid: 0, gid: 50, kind: Kind::CharDev { major: 5, minor: 1 }, source: None });
-        m.insert("/removed", Entry { mode: 0o644, uid: 0, gid: 0, kind: Kind::File, source: None });
+        m.insert(
+            "/bin",
+            Entry {
+                mode: 0o555,
+                uid: 0,
+                gid: 0,
+                kind: Kind::Dir,
+                source: None,
+            },
+        );
+        m.insert(
+            "/bin/busybox.suid",
+            Entry {
+                mode: 0o4700,
+                uid: 0,
+                gid: 50,
+                kind: Kind::File,
+                source: None,
+            },
+        );
+        m.insert(
+            "/dev/console",
+            Entry {
+                mode: 0o600,
+                uid: 0,
+                gid: 50,
+                kind: Kind::CharDev { major: 5, minor: 1 },
+                source: None,
+            },
+        );
+        m.insert(
+            "/removed",
+            Entry {
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+                kind: Kind::File,
+                source: None,
+            },
+        );
 
         let nodes = collect(root, &m).unwrap();
-        let by = |p: &str| nodes.iter().find(|n| n.path == p).unwrap_or_else(|| panic!("{p} missing"));
+        let by = |p: &str| {
+            nodes
+                .iter()
+                .find(|n| n.path == p)
+                .unwrap_or_else(|| panic!("{p} missing"))
+        };
         assert_eq!(by("/bin").mode, 0o555);
         let suid = by("/bin/busybox.suid");
         assert_eq!((suid.mode, suid.uid, suid.gid), (0o4755, 0, 50));
         assert!(suid.link_group.is_some());
         assert_eq!(suid.link_group, by("/bin/su").link_group);
         assert_eq!(by("/bin/sh").mode, 0o777);
-        assert_eq!((by("/home/tc").uid, by("/home/tc/.profile").gid), (1001, 50));
+        assert_eq!(
+            (by("/home/tc").uid, by("/home/tc/.profile").gid),
+            (1001, 50)
+        );
         assert_eq!(by("/added").uid, 0);
-        assert_eq!(by("/dev/console").kind, Kind::CharDev { major: 5, minor: 1 });
+        assert_eq!(
+            by("/dev/console").kind,
+            Kind::CharDev { major: 5, minor: 1 }
+        );
         assert!(nodes.iter().all(|n| n.path != "/removed"));
         let paths: Vec<_> = nodes.iter().map(|n| n.path.clone()).collect();
         let mut sorted = paths.clone();

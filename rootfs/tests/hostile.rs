@@ -394,3 +394,63 @@ fn truncated_squashfs_and_non_utf8_names_give_clear_errors() {
     std::fs::remove_dir_all(&src).unwrap();
     s.assert_contained();
 }
+
+#[test]
+fn damaged_squashfs_data_blocks_give_errors_not_panics() {
+    if !has_tools(&[("mksquashfs", "squashfs-tools")]) {
+        return;
+    }
+    let s = Scene::new();
+    let src = s.t.path.join("src.d");
+    let lib = src.join("usr/local/lib");
+    std::fs::create_dir_all(&lib).unwrap();
+    // Whole blocks (compressible and not), a sparse stretch, fragment tails
+    // and files that are only a fragment.
+    let mut big = b"compressible text\n".repeat(2000);
+    big.extend(noise(9000, 7));
+    big.extend(vec![0u8; 3 * 4096]);
+    big.extend(b"tail after the hole".repeat(100));
+    std::fs::write(lib.join("big"), &big).unwrap();
+    let mut small = Vec::new();
+    for i in 0..12u32 {
+        let data = format!("small file {i}\n").repeat(i as usize * 20 + 1);
+        std::fs::write(lib.join(format!("s{i}")), &data).unwrap();
+        small.push(data);
+    }
+    let img = s.t.path.join("good.tcz");
+    mksquashfs(&src, &img, "gzip");
+    let bytes = std::fs::read(&img).unwrap();
+
+    // Undamaged: every byte comes back.
+    let mut m = Manifest::new();
+    unpack::squashfs(&img, &s.root(), &mut m, "good.tcz").unwrap();
+    assert_eq!(
+        std::fs::read(s.root().join("usr/local/lib/big")).unwrap(),
+        big
+    );
+    for (i, data) in small.iter().enumerate() {
+        let got = std::fs::read(s.root().join(format!("usr/local/lib/s{i}"))).unwrap();
+        assert_eq!(got, data.as_bytes(), "s{i}");
+    }
+
+    // The data blocks lie between the superblock and the inode table.
+    let inode_table = u64::from_le_bytes(bytes[64..72].try_into().unwrap()) as usize;
+    assert!(inode_table > 96 && inode_table < bytes.len());
+    let mut errors = 0;
+    for (n, at) in (96..inode_table).step_by(41).enumerate() {
+        let mut bad = bytes.clone();
+        bad[at] ^= 0xa5;
+        let p = s.write("bad.tcz", &bad);
+        let root = s.t.path.join(format!("deep/r{n}"));
+        let mut m = Manifest::new();
+        if let Err(e) = unpack::squashfs(&p, &root, &mut m, "bad.tcz") {
+            let e = format!("{e:#}");
+            assert!(e.contains("bad.tcz"), "error lacks the archive: {e}");
+            errors += 1;
+        }
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+    assert!(errors > 0, "no damaged block was noticed");
+    std::fs::remove_dir_all(&src).unwrap();
+    s.assert_contained();
+}

@@ -4,8 +4,8 @@
 pub mod core;
 pub mod mirror;
 pub mod newc;
-pub mod server;
 pub mod qemu;
+pub mod server;
 pub mod tools;
 
 pub use mirror::{build, BuiltMirror, Layout};

@@ -26,12 +26,35 @@ pub struct Boot {
 
 /// Boots with `-accel tcg -nographic -no-reboot`; the guest is expected to
 /// power off. Fails (with the console so far) after `timeout`.
-pub fn boot_tcg(kernel: &Utf8Path, initrd: &Utf8Path, append: &str, timeout: Duration) -> Result<Boot> {
-    let qemu = require_tool("qemu-system-x86_64", "qemu-system-x86").context("qemu-system-x86_64 is missing")?;
+pub fn boot_tcg(
+    kernel: &Utf8Path,
+    initrd: &Utf8Path,
+    append: &str,
+    timeout: Duration,
+) -> Result<Boot> {
+    let qemu = require_tool("qemu-system-x86_64", "qemu-system-x86")
+        .context("qemu-system-x86_64 is missing")?;
     let start = Instant::now();
     let mut child = Command::new(qemu)
-        .args(["-accel", "tcg", "-m", "512", "-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio"])
-        .args(["-kernel", kernel.as_str(), "-initrd", initrd.as_str(), "-append", append])
+        .args([
+            "-accel",
+            "tcg",
+            "-m",
+            "512",
+            "-nographic",
+            "-no-reboot",
+            "-nodefaults",
+            "-serial",
+            "stdio",
+        ])
+        .args([
+            "-kernel",
+            kernel.as_str(),
+            "-initrd",
+            initrd.as_str(),
+            "-append",
+            append,
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -53,7 +76,10 @@ pub fn boot_tcg(kernel: &Utf8Path, initrd: &Utf8Path, append: &str, timeout: Dur
                 }
                 bail!("qemu exited with {status}: {err}\nconsole:\n{console}");
             }
-            return Ok(Boot { console, elapsed: start.elapsed() });
+            return Ok(Boot {
+                console,
+                elapsed: start.elapsed(),
+            });
         }
         if start.elapsed() > timeout {
             let _ = child.kill();

@@ -14,7 +14,9 @@ pub fn require_tool(tool: &str, debian_package: &str) -> Option<PathBuf> {
         return Some(p);
     }
     let ci = std::env::var("CI").map(|v| v == "true").unwrap_or(false);
-    let allow = std::env::var("LINUX_GUEST_ALLOW_MISSING_TOOLS").map(|v| v == "1").unwrap_or(false);
+    let allow = std::env::var("LINUX_GUEST_ALLOW_MISSING_TOOLS")
+        .map(|v| v == "1")
+        .unwrap_or(false);
     if allow && !ci {
         eprintln!("SKIPPED: `{tool}` is not installed (apt-get install {debian_package}); LINUX_GUEST_ALLOW_MISSING_TOOLS=1");
         return None;
@@ -32,7 +34,10 @@ pub fn find_on_path(tool: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     // sbin directories are not on every user's PATH but hold mkfs/ldconfig.
     let extra = ["/usr/sbin", "/sbin"].map(PathBuf::from);
-    std::env::split_paths(&path).chain(extra).map(|d| d.join(tool)).find(|p| p.is_file())
+    std::env::split_paths(&path)
+        .chain(extra)
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
 }
 
 /// A file path, where the last component may hold one `*`
@@ -68,7 +73,13 @@ mod tests {
             std::fs::write(dir.path().join(n), b"").unwrap();
         }
         let pat = format!("{}/vmlinuz-*", dir.path().display());
-        assert_eq!(super::find_on_path(&pat), Some(dir.path().join("vmlinuz-6.1.0-2")));
-        assert_eq!(super::find_on_path(&format!("{}/nope-*", dir.path().display())), None);
+        assert_eq!(
+            super::find_on_path(&pat),
+            Some(dir.path().join("vmlinuz-6.1.0-2"))
+        );
+        assert_eq!(
+            super::find_on_path(&format!("{}/nope-*", dir.path().display())),
+            None
+        );
     }
 }

@@ -11,6 +11,16 @@
 //! A file only ever appears in the cache under its final name after its md5
 //! matched: downloads go to a temporary file in the same directory and are
 //! renamed into place ([`rootfs::fsutil::AtomicFile`]).
+//!
+//! Re-hashing every cached file on every run costs more than the rest of a
+//! warm setup's fetch stage, so each verified file gets a stamp,
+//! `NAME.verified`: its size, mtime, ctime, inode and device when it was
+//! verified, and the md5 it matched. A cached file whose stamp matches its
+//! current metadata and its md5 file is used without hashing; anything else
+//! (no stamp, a changed or replaced file, a new md5) is hashed in full again.
+//! Any write to the file moves its ctime, which no user tool can set back;
+//! a change in the same clock tick as the stamp is caught by trusting a
+//! stamp only when the file's ctime is older than the stamp itself.
 
 use std::io::{IsTerminal, Read, Write};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -605,6 +615,8 @@ impl Client {
                                 url: url.clone(),
                                 err,
                             })?;
+                        // Best effort: without a stamp the next run hashes.
+                        write_stamp(path, &expected);
                         return Ok((url, bytes));
                     }
                     if last.is_none() {
@@ -889,9 +901,10 @@ enum CacheState {
 }
 
 fn verify_cached(path: &Utf8Path, md5_path: &Utf8Path) -> CacheState {
-    if !path.is_file() {
-        return CacheState::Missing;
-    }
+    let md = match std::fs::metadata(path) {
+        Ok(md) if md.is_file() => md,
+        _ => return CacheState::Missing,
+    };
     let recorded = match std::fs::read_to_string(md5_path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return CacheState::NoMd5,
@@ -901,10 +914,74 @@ fn verify_cached(path: &Utf8Path, md5_path: &Utf8Path) -> CacheState {
         Ok(h) => h,
         Err(e) => return CacheState::Bad(format!("{md5_path}: {e:#}")),
     };
+    if stamp_matches(path, &md, &expected) {
+        return CacheState::Valid;
+    }
     match md5_file(path) {
-        Ok(actual) if actual == expected => CacheState::Valid,
+        Ok(actual) if actual == expected => {
+            write_stamp(path, &expected);
+            CacheState::Valid
+        }
         Ok(actual) => CacheState::Bad(format!("md5 {actual}, expected {expected}")),
         Err(e) => CacheState::Bad(format!("{e:#}")),
+    }
+}
+
+/// Where the verification stamp of a cache file lives.
+pub fn stamp_path(path: &Utf8Path) -> Utf8PathBuf {
+    Utf8PathBuf::from(format!("{path}.verified"))
+}
+
+/// The stamp line for a file with metadata `md` that matched `md5`.
+fn stamp_line(md: &std::fs::Metadata, md5: &str) -> String {
+    use std::os::unix::fs::MetadataExt;
+    format!(
+        "stamp1 size={} mtime={}.{:09} ctime={}.{:09} ino={} dev={} md5={md5}\n",
+        md.size(),
+        md.mtime(),
+        md.mtime_nsec(),
+        md.ctime(),
+        md.ctime_nsec(),
+        md.ino(),
+        md.dev()
+    )
+}
+
+/// True when `path` (with current metadata `md`) is the very file that was
+/// verified against `md5` and nothing wrote to it since.
+fn stamp_matches(path: &Utf8Path, md: &std::fs::Metadata, md5: &str) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let stamp = stamp_path(path);
+    let Ok(f) = std::fs::File::open(&stamp) else {
+        return false;
+    };
+    let Ok(stamp_md) = f.metadata() else {
+        return false;
+    };
+    let mut text = String::new();
+    if (&f).take(512).read_to_string(&mut text).is_err() || text != stamp_line(md, md5) {
+        return false;
+    }
+    // Racy stamp: written in the same clock tick as the file's last change,
+    // so a write right after it might not have moved the times. Hash again
+    // (the fresh stamp written then is trusted next time).
+    (md.ctime(), md.ctime_nsec()) < (stamp_md.mtime(), stamp_md.mtime_nsec())
+}
+
+/// Records that `path` matched `md5`. Not synced: a stamp lost in a crash
+/// only costs a re-hash, and a torn one does not match.
+fn write_stamp(path: &Utf8Path, md5: &str) {
+    let Ok(md) = std::fs::metadata(path) else {
+        return;
+    };
+    let stamp = stamp_path(path);
+    static SEQ: AtomicUsize = AtomicUsize::new(0);
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    let tmp = Utf8PathBuf::from(format!("{stamp}.{}-{seq}.tmp", std::process::id()));
+    let ok =
+        std::fs::write(&tmp, stamp_line(&md, md5)).is_ok() && std::fs::rename(&tmp, &stamp).is_ok();
+    if !ok {
+        let _ = std::fs::remove_file(&tmp);
     }
 }
 

@@ -222,7 +222,10 @@ fn truncated_download_is_retried() {
     assert!(matches!(got.source, Source::Downloaded { .. }));
     assert_eq!(std::fs::read(&got.path).unwrap(), f.original(&tcz));
     assert_eq!(f.count(&tcz), 2);
-    assert_eq!(f.cache_listing(), ["openssh.tcz", "openssh.tcz.md5.txt"]);
+    assert_eq!(
+        f.cache_listing(),
+        ["openssh.tcz", "openssh.tcz.md5.txt", "openssh.tcz.verified"]
+    );
 }
 
 #[test]
@@ -447,6 +450,111 @@ fn damaged_cache_entry_is_refetched_online_and_refused_offline() {
     );
 }
 
+/// Waits until the clock has moved past `path`'s ctime, so that a stamp
+/// written now is not racy and is trusted.
+fn after_ctime_of(path: &Utf8Path) {
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::metadata(path).unwrap();
+    let probe = path.with_file_name(".clock-probe");
+    loop {
+        std::fs::write(&probe, b"").unwrap();
+        let now = std::fs::metadata(&probe).unwrap();
+        if (now.mtime(), now.mtime_nsec()) > (md.ctime(), md.ctime_nsec()) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    std::fs::remove_file(&probe).unwrap();
+}
+
+#[test]
+fn cache_file_modified_after_its_stamp_is_hashed_again() {
+    let f = fixture();
+    let p = f.client().fetch_verified(&Item::tcz("strace")).unwrap();
+    let stamp = Utf8PathBuf::from(format!("{p}.verified"));
+    assert!(stamp.is_file(), "a verified download is stamped");
+    // A run that verifies by hashing leaves a trusted stamp.
+    after_ctime_of(&p);
+    std::fs::remove_file(&stamp).unwrap();
+    f.offline_client()
+        .fetch_verified(&Item::tcz("strace"))
+        .unwrap();
+    let stamp_id = |p: &Utf8Path| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(p).unwrap().ino()
+    };
+    let trusted = stamp_id(&stamp);
+    // Trusted: the next run neither hashes nor re-stamps.
+    f.offline_client()
+        .fetch_verified(&Item::tcz("strace"))
+        .unwrap();
+    assert_eq!(stamp_id(&stamp), trusted, "a good stamp was not trusted");
+
+    // Same size, same mtime, one byte different: only the ctime (and the
+    // content) tell.
+    let good = std::fs::read(&p).unwrap();
+    let mtime = std::fs::metadata(&p).unwrap().modified().unwrap();
+    let mut bad = good.clone();
+    bad[good.len() / 2] ^= 0x55;
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut w = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+        w.seek(SeekFrom::Start(0)).unwrap();
+        w.write_all(&bad).unwrap();
+        w.set_modified(mtime).unwrap();
+    }
+    let msg = err_text(
+        f.offline_client()
+            .fetch_verified(&Item::tcz("strace"))
+            .unwrap_err(),
+    );
+    assert!(msg.contains("strace.tcz") && msg.contains("md5"), "{msg}");
+
+    // Truncated: refused offline, downloaded again online.
+    std::fs::write(&p, &good[..good.len() - 1]).unwrap();
+    assert!(f
+        .offline_client()
+        .fetch_verified(&Item::tcz("strace"))
+        .is_err());
+    let got = f.client().fetch_item(&Item::tcz("strace")).unwrap();
+    assert!(matches!(got.source, Source::Downloaded { .. }));
+    assert_eq!(std::fs::read(&p).unwrap(), good);
+
+    // Replaced by another file with the same bytes as the damaged one: a
+    // different inode, so hashed again.
+    after_ctime_of(&p);
+    let other = p.with_file_name("strace.tcz.other");
+    std::fs::write(&other, &bad).unwrap();
+    std::fs::rename(&other, &p).unwrap();
+    assert!(f
+        .offline_client()
+        .fetch_verified(&Item::tcz("strace"))
+        .is_err());
+}
+
+#[test]
+fn stamp_for_an_old_md5_is_not_trusted() {
+    let f = fixture();
+    let p = f.client().fetch_verified(&Item::tcz("strace")).unwrap();
+    after_ctime_of(&p);
+    std::fs::remove_file(format!("{p}.verified")).unwrap();
+    f.offline_client()
+        .fetch_verified(&Item::tcz("strace"))
+        .unwrap();
+    // The mirror published a new md5 (the cached file is now stale).
+    std::fs::write(
+        format!("{p}.md5.txt"),
+        format!("{}  strace.tcz\n", md5_hex(b"something else")),
+    )
+    .unwrap();
+    let msg = err_text(
+        f.offline_client()
+            .fetch_verified(&Item::tcz("strace"))
+            .unwrap_err(),
+    );
+    assert!(msg.contains("md5"), "{msg}");
+}
+
 #[test]
 fn fetch_text_none_on_404_error_after_retries() {
     let f = fixture();
@@ -535,7 +643,10 @@ fn fetch_many_names_every_failure_and_keeps_the_good_files() {
         "{msg}"
     );
     assert!(msg.contains("package nope-a not found") && msg.contains("package nope-b not found"));
-    assert_eq!(f.cache_listing(), ["strace.tcz", "strace.tcz.md5.txt"]);
+    assert_eq!(
+        f.cache_listing(),
+        ["strace.tcz", "strace.tcz.md5.txt", "strace.tcz.verified"]
+    );
 }
 
 #[test]

@@ -139,11 +139,22 @@ fn resolve_fetch_and_reuse_the_cache() {
     cfg.refresh = true;
     let refreshing = tinycore::mirror::Client::new(cfg).unwrap();
     let res_r = refreshing
-        .resolve(&roots(&["openssh", "strace", "cycle-demo", "chain-top"]), KernelDeps::Skip)
+        .resolve(
+            &roots(&["openssh", "strace", "cycle-demo", "chain-top"]),
+            KernelDeps::Skip,
+        )
         .unwrap();
     assert_eq!(res_r, res);
-    assert!(e.server.requests().iter().any(|p| p.ends_with("openssh.tcz.dep")));
-    assert!(e.server.requests().iter().all(|p| p.ends_with(".tcz.dep")), "{:?}", e.server.requests());
+    assert!(e
+        .server
+        .requests()
+        .iter()
+        .any(|p| p.ends_with("openssh.tcz.dep")));
+    assert!(
+        e.server.requests().iter().all(|p| p.ends_with(".tcz.dep")),
+        "{:?}",
+        e.server.requests()
+    );
 
     // Offline: the same answers and not a single request.
     e.server.clear_requests();

@@ -138,7 +138,9 @@ pub fn workspace_root() -> Utf8PathBuf {
 }
 
 fn default_jobs() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 /// Expands `~/` and makes relative paths relative to the workspace.
@@ -185,7 +187,11 @@ fn extend_list<T: PartialEq + Clone>(list: &mut Sourced<Vec<T>>, extra: Vec<T>, 
             list.value.push(x);
         }
     }
-    list.origin = if parts.len() == 1 { origin } else { Origin::Merged(parts) };
+    list.origin = if parts.len() == 1 {
+        origin
+    } else {
+        Origin::Merged(parts)
+    };
 }
 
 impl Config {
@@ -194,7 +200,10 @@ impl Config {
         let ws = workspace.to_owned();
         let (file_path, file_origin) = match (&flags.config_file, env("LINUX_GUEST_CONFIG")) {
             (Some(p), _) => (Some(p.clone()), Origin::Flag("--config")),
-            (None, Some(p)) => (Some(Utf8PathBuf::from(p)), Origin::Env("LINUX_GUEST_CONFIG")),
+            (None, Some(p)) => (
+                Some(Utf8PathBuf::from(p)),
+                Origin::Env("LINUX_GUEST_CONFIG"),
+            ),
             (None, None) => {
                 let p = ws.join("guest/guest.toml");
                 (p.exists().then_some(p), Origin::Default)
@@ -204,7 +213,8 @@ impl Config {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
                     .with_context(|| format!("cannot read the configuration file {p}"))?;
-                toml::from_str(&text).with_context(|| format!("{p} is not a valid linux-guest configuration"))?
+                toml::from_str(&text)
+                    .with_context(|| format!("{p} is not a valid linux-guest configuration"))?
             }
             None => FileConfig::default(),
         };
@@ -214,7 +224,10 @@ impl Config {
             workspace: ws.clone(),
             config_file: Sourced::new(file_path.clone(), file_origin),
             build_dir: Sourced::new(ws.join("target/guest"), Origin::Default),
-            mirrors: Sourced::new(vec!["http://tinycorelinux.net".to_string()], Origin::Default),
+            mirrors: Sourced::new(
+                vec!["http://tinycorelinux.net".to_string()],
+                Origin::Default,
+            ),
             tc_version: Sourced::new("16.x".to_string(), Origin::Default),
             arch: Sourced::new("x86_64".to_string(), Origin::Default),
             packages: Sourced::new(vec![], Origin::Default),
@@ -246,7 +259,8 @@ impl Config {
         }
         let g = file.guest;
         if let Some(v) = g.custom_binaries {
-            cfg.custom_binaries.set(v.iter().map(|p| resolve_path(&ws, p)).collect(), fo());
+            cfg.custom_binaries
+                .set(v.iter().map(|p| resolve_path(&ws, p)).collect(), fo());
         }
         if let Some(v) = g.custom_removals {
             cfg.custom_removals.set(v, fo());
@@ -279,7 +293,8 @@ impl Config {
 
         // The environment (the old scripts' variables, plus ours).
         if let Some(v) = env("LINUX_GUEST_BUILD_DIR") {
-            cfg.build_dir.set(resolve_path(&ws, &v), Origin::Env("LINUX_GUEST_BUILD_DIR"));
+            cfg.build_dir
+                .set(resolve_path(&ws, &v), Origin::Env("LINUX_GUEST_BUILD_DIR"));
         }
         if let Some(v) = env("TC_MIRROR") {
             cfg.mirrors.set(words(&v), Origin::Env("TC_MIRROR"));
@@ -295,22 +310,38 @@ impl Config {
         }
         if let Some(v) = env("CUSTOM_BINARIES") {
             let extra = words(&v).iter().map(|p| resolve_path(&ws, p)).collect();
-            extend_list(&mut cfg.custom_binaries, extra, Origin::Env("CUSTOM_BINARIES"));
+            extend_list(
+                &mut cfg.custom_binaries,
+                extra,
+                Origin::Env("CUSTOM_BINARIES"),
+            );
         }
         if let Some(v) = env("CUSTOM_REMOVALS") {
-            extend_list(&mut cfg.custom_removals, words(&v), Origin::Env("CUSTOM_REMOVALS"));
+            extend_list(
+                &mut cfg.custom_removals,
+                words(&v),
+                Origin::Env("CUSTOM_REMOVALS"),
+            );
         }
         if let Some(v) = env("SSH_KEY") {
-            cfg.ssh_key.set(resolve_path(&ws, &v), Origin::Env("SSH_KEY"));
+            cfg.ssh_key
+                .set(resolve_path(&ws, &v), Origin::Env("SSH_KEY"));
         }
         if let Some(v) = env("LINUX_REPO") {
-            cfg.linux.set(Some(resolve_path(&ws, &v)), Origin::Env("LINUX_REPO"));
+            cfg.linux
+                .set(Some(resolve_path(&ws, &v)), Origin::Env("LINUX_REPO"));
         }
         if let Some(v) = env("SKIP_KERNEL") {
-            cfg.skip_kernel.set(parse_bool_env("SKIP_KERNEL", &v)?, Origin::Env("SKIP_KERNEL"));
+            cfg.skip_kernel.set(
+                parse_bool_env("SKIP_KERNEL", &v)?,
+                Origin::Env("SKIP_KERNEL"),
+            );
         }
         if let Some(v) = env("MAKE_JOBS") {
-            let n: usize = v.trim().parse().with_context(|| format!("MAKE_JOBS={v:?} is not a number"))?;
+            let n: usize = v
+                .trim()
+                .parse()
+                .with_context(|| format!("MAKE_JOBS={v:?} is not a number"))?;
             cfg.make_jobs.set(n, Origin::Env("MAKE_JOBS"));
         }
 
@@ -319,7 +350,8 @@ impl Config {
             cfg.build_dir.set(absolute(v)?, Origin::Flag("--build-dir"));
         }
         if !flags.mirrors.is_empty() {
-            cfg.mirrors.set(flags.mirrors.clone(), Origin::Flag("--mirror"));
+            cfg.mirrors
+                .set(flags.mirrors.clone(), Origin::Flag("--mirror"));
         }
         if let Some(v) = &flags.tc_version {
             cfg.tc_version.set(v.clone(), Origin::Flag("--tc-version"));
@@ -327,7 +359,11 @@ impl Config {
         if let Some(v) = &flags.arch {
             cfg.arch.set(v.clone(), Origin::Flag("--arch"));
         }
-        extend_list(&mut cfg.packages, flags.packages.clone(), Origin::Flag("--package"));
+        extend_list(
+            &mut cfg.packages,
+            flags.packages.clone(),
+            Origin::Flag("--package"),
+        );
         if let Some(v) = &flags.linux {
             cfg.linux.set(Some(absolute(v)?), Origin::Flag("--linux"));
         }
@@ -344,14 +380,21 @@ impl Config {
 
     fn validate(&self) -> Result<()> {
         if !matches!(self.arch.value.as_str(), "x86_64" | "x86") {
-            bail!("arch {:?} (from {}) is not supported: use x86_64 or x86", self.arch.value, self.arch.origin);
+            bail!(
+                "arch {:?} (from {}) is not supported: use x86_64 or x86",
+                self.arch.value,
+                self.arch.origin
+            );
         }
         if self.mirrors.value.is_empty() {
             bail!("no Tiny Core mirror configured (from {}): set tinycore.mirrors or pass --mirror URL", self.mirrors.origin);
         }
         for m in &self.mirrors.value {
             if !(m.starts_with("http://") || m.starts_with("https://")) {
-                bail!("mirror {m:?} (from {}) must be an http:// or https:// URL", self.mirrors.origin);
+                bail!(
+                    "mirror {m:?} (from {}) must be an http:// or https:// URL",
+                    self.mirrors.origin
+                );
             }
         }
         let v = self.tc_version.value.trim_end_matches(".x");
@@ -363,7 +406,10 @@ impl Config {
             );
         }
         if self.make_jobs.value == 0 {
-            bail!("MAKE_JOBS must be at least 1 (from {})", self.make_jobs.origin);
+            bail!(
+                "MAKE_JOBS must be at least 1 (from {})",
+                self.make_jobs.origin
+            );
         }
         Ok(())
     }
@@ -391,27 +437,79 @@ impl Config {
             if v.is_empty() {
                 "(none)".into()
             } else {
-                v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(" ")
+                v.iter()
+                    .map(|x| x.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" ")
             }
         }
-        let opt = |v: &Option<Utf8PathBuf>| v.as_ref().map_or("(unset)".to_string(), |p| p.to_string());
+        let opt =
+            |v: &Option<Utf8PathBuf>| v.as_ref().map_or("(unset)".to_string(), |p| p.to_string());
         let rows: Vec<(&str, String, &Origin)> = vec![
-            ("config file", opt(&self.config_file.value), &self.config_file.origin),
-            ("build dir", self.build_dir.value.to_string(), &self.build_dir.origin),
+            (
+                "config file",
+                opt(&self.config_file.value),
+                &self.config_file.origin,
+            ),
+            (
+                "build dir",
+                self.build_dir.value.to_string(),
+                &self.build_dir.origin,
+            ),
             ("mirrors", list(&self.mirrors.value), &self.mirrors.origin),
             ("tc version", self.tc_release_dir(), &self.tc_version.origin),
             ("arch", self.arch.value.clone(), &self.arch.origin),
-            ("packages", list(&self.packages.value), &self.packages.origin),
-            ("custom binaries", list(&self.custom_binaries.value), &self.custom_binaries.origin),
-            ("custom removals", list(&self.custom_removals.value), &self.custom_removals.origin),
-            ("ssh key", self.ssh_key.value.to_string(), &self.ssh_key.origin),
-            ("copy private key", self.copy_private_key.value.to_string(), &self.copy_private_key.origin),
-            ("sshd port", self.sshd_port.value.to_string(), &self.sshd_port.origin),
-            ("rcS override", opt(&self.rcs_override.value), &self.rcs_override.origin),
-            ("tc-sys.sh override", opt(&self.tc_sys_override.value), &self.tc_sys_override.origin),
+            (
+                "packages",
+                list(&self.packages.value),
+                &self.packages.origin,
+            ),
+            (
+                "custom binaries",
+                list(&self.custom_binaries.value),
+                &self.custom_binaries.origin,
+            ),
+            (
+                "custom removals",
+                list(&self.custom_removals.value),
+                &self.custom_removals.origin,
+            ),
+            (
+                "ssh key",
+                self.ssh_key.value.to_string(),
+                &self.ssh_key.origin,
+            ),
+            (
+                "copy private key",
+                self.copy_private_key.value.to_string(),
+                &self.copy_private_key.origin,
+            ),
+            (
+                "sshd port",
+                self.sshd_port.value.to_string(),
+                &self.sshd_port.origin,
+            ),
+            (
+                "rcS override",
+                opt(&self.rcs_override.value),
+                &self.rcs_override.origin,
+            ),
+            (
+                "tc-sys.sh override",
+                opt(&self.tc_sys_override.value),
+                &self.tc_sys_override.origin,
+            ),
             ("linux", opt(&self.linux.value), &self.linux.origin),
-            ("skip kernel", self.skip_kernel.value.to_string(), &self.skip_kernel.origin),
-            ("make jobs", self.make_jobs.value.to_string(), &self.make_jobs.origin),
+            (
+                "skip kernel",
+                self.skip_kernel.value.to_string(),
+                &self.skip_kernel.origin,
+            ),
+            (
+                "make jobs",
+                self.make_jobs.value.to_string(),
+                &self.make_jobs.origin,
+            ),
         ];
         let mut out = String::new();
         for (k, v, o) in rows {
@@ -428,7 +526,8 @@ pub fn absolute(p: &Utf8Path) -> Result<Utf8PathBuf> {
         return Ok(p.to_owned());
     }
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
-    let cwd = Utf8PathBuf::from_path_buf(cwd).map_err(|p| anyhow::anyhow!("current directory {p:?} is not UTF-8"))?;
+    let cwd = Utf8PathBuf::from_path_buf(cwd)
+        .map_err(|p| anyhow::anyhow!("current directory {p:?} is not UTF-8"))?;
     Ok(cwd.join(p))
 }
 
@@ -442,22 +541,38 @@ mod tests {
         let ws = Utf8Path::from_path(dir.path()).unwrap().to_owned();
         std::fs::create_dir_all(ws.join("guest")).unwrap();
         std::fs::write(ws.join("guest/guest.toml"), file).unwrap();
-        let env: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Config::load(&ws, &flags, &|k| env.get(k).cloned())
     }
 
     #[test]
     fn flags_beat_env_beat_file() {
-        let file = "[tinycore]\nversion = \"7.x\"\nmirrors = [\"http://file\"]\npackages = [\"a\"]\n";
+        let file =
+            "[tinycore]\nversion = \"7.x\"\nmirrors = [\"http://file\"]\npackages = [\"a\"]\n";
         let c = load(file, &[], Overrides::default()).unwrap();
         assert_eq!(c.tc_version.value, "7.x");
         assert!(matches!(c.tc_version.origin, Origin::File(_)));
 
         let c = load(file, &[("TC_VERSION", "15.x")], Overrides::default()).unwrap();
-        assert_eq!((c.tc_version.value.as_str(), &c.tc_version.origin), ("15.x", &Origin::Env("TC_VERSION")));
+        assert_eq!(
+            (c.tc_version.value.as_str(), &c.tc_version.origin),
+            ("15.x", &Origin::Env("TC_VERSION"))
+        );
 
-        let flags = Overrides { tc_version: Some("16".into()), mirrors: vec!["http://flag".into()], ..Default::default() };
-        let c = load(file, &[("TC_VERSION", "15.x"), ("TC_MIRROR", "http://env")], flags).unwrap();
+        let flags = Overrides {
+            tc_version: Some("16".into()),
+            mirrors: vec!["http://flag".into()],
+            ..Default::default()
+        };
+        let c = load(
+            file,
+            &[("TC_VERSION", "15.x"), ("TC_MIRROR", "http://env")],
+            flags,
+        )
+        .unwrap();
         assert_eq!(c.tc_release_dir(), "16.x");
         assert_eq!(c.mirrors.value, vec!["http://flag"]);
         assert_eq!(c.mirrors.origin, Origin::Flag("--mirror"));
@@ -466,18 +581,31 @@ mod tests {
     #[test]
     fn packages_env_adds_to_file() {
         let file = "[tinycore]\npackages = [\"openssh\"]\n";
-        let flags = Overrides { packages: vec!["gdb".into()], ..Default::default() };
+        let flags = Overrides {
+            packages: vec!["gdb".into()],
+            ..Default::default()
+        };
         let c = load(file, &[("PACKAGES", "strace  openssh\tvim")], flags).unwrap();
         assert_eq!(c.packages.value, vec!["openssh", "strace", "vim", "gdb"]);
         let shown = c.packages.origin.to_string();
-        assert!(shown.contains("guest.toml") && shown.contains("env PACKAGES") && shown.contains("--package"), "{shown}");
+        assert!(
+            shown.contains("guest.toml")
+                && shown.contains("env PACKAGES")
+                && shown.contains("--package"),
+            "{shown}"
+        );
     }
 
     #[test]
     fn old_script_variables_work() {
         let c = load(
             "",
-            &[("SKIP_KERNEL", "1"), ("MAKE_JOBS", "3"), ("LINUX_REPO", "/src/linux"), ("CUSTOM_BINARIES", "/bin/true rel/x")],
+            &[
+                ("SKIP_KERNEL", "1"),
+                ("MAKE_JOBS", "3"),
+                ("LINUX_REPO", "/src/linux"),
+                ("CUSTOM_BINARIES", "/bin/true rel/x"),
+            ],
             Overrides::default(),
         )
         .unwrap();

@@ -11,7 +11,11 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::{Config, Overrides};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "Build, pack and boot a Tiny Core Linux guest", version)]
+#[command(
+    name = "cargo xtask",
+    about = "Build, pack and boot a Tiny Core Linux guest",
+    version
+)]
 struct Cli {
     #[command(flatten)]
     global: GlobalFlags,
@@ -56,7 +60,11 @@ enum Task {
 
 impl GlobalFlags {
     fn overrides(&self) -> Overrides {
-        Overrides { config_file: self.config.clone(), build_dir: self.build_dir.clone(), ..Default::default() }
+        Overrides {
+            config_file: self.config.clone(),
+            build_dir: self.build_dir.clone(),
+            ..Default::default()
+        }
     }
 }
 
@@ -71,8 +79,12 @@ fn main() {
     let g = &cli.global;
     let result = match cli.task {
         Task::Config => load_config(g, |_| {}).map(|c| print!("{}", c.describe())),
-        Task::SetupTinycore(f) => load_config(g, |o| f.apply(o)).and_then(|c| tasks::setup_tinycore::run(&c, &f)),
-        Task::Rebuild(f) => load_config(g, |o| f.apply(o)).and_then(|c| tasks::rebuild::run(&c, &f)),
+        Task::SetupTinycore(f) => {
+            load_config(g, |o| f.apply(o)).and_then(|c| tasks::setup_tinycore::run(&c, &f))
+        }
+        Task::Rebuild(f) => {
+            load_config(g, |o| f.apply(o)).and_then(|c| tasks::rebuild::run(&c, &f))
+        }
         Task::CatCpio(f) => load_config(g, |_| {}).and_then(|c| tasks::cat_cpio::run(&c, &f)),
         Task::EmbedPayload(f) => tasks::embed_payload::run(&f),
         Task::Doctor => tasks::doctor::run(),

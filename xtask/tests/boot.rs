@@ -33,10 +33,18 @@ echo "LG-BOOT done"
 
 #[test]
 fn setup_rebuild_and_boot_with_gzip_and_zstd() {
-    for (tool, pkg) in [("mksquashfs", "squashfs-tools"), ("busybox", "busybox-static"), ("gcc", "gcc")] {
-        let Some(_) = require_tool(tool, pkg) else { return };
+    for (tool, pkg) in [
+        ("mksquashfs", "squashfs-tools"),
+        ("busybox", "busybox-static"),
+        ("gcc", "gcc"),
+    ] {
+        let Some(_) = require_tool(tool, pkg) else {
+            return;
+        };
     }
-    let Some(kernel) = testmirror::qemu::debian_kernel() else { return };
+    let Some(kernel) = testmirror::qemu::debian_kernel() else {
+        return;
+    };
     let tmp = tempfile::tempdir().unwrap();
     let dir = Utf8PathBuf::from_path_buf(tmp.path().to_owned()).unwrap();
     let built = mirror::build(&dir.join("mirror"), &Layout::tc16_x86_64()).unwrap();
@@ -48,7 +56,10 @@ fn setup_rebuild_and_boot_with_gzip_and_zstd() {
     let config = dir.join("guest.toml");
     std::fs::write(
         &config,
-        format!("[tinycore]\nmirrors = [\"{}\"]\npackages = [\"tcdemo\"]\n[guest]\nrcs = \"{rcs}\"\n", server.url()),
+        format!(
+            "[tinycore]\nmirrors = [\"{}\"]\npackages = [\"tcdemo\"]\n[guest]\nrcs = \"{rcs}\"\n",
+            server.url()
+        ),
     )
     .unwrap();
     let build = dir.join("build");
@@ -61,19 +72,37 @@ fn setup_rebuild_and_boot_with_gzip_and_zstd() {
             .args(args)
             .output()
             .unwrap();
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(out.status.success(), "xtask {args:?} failed:\n{text}");
         text
     };
     xtask(&["setup-tinycore", "-p", "openssh", "--no-progress"]);
-    assert!(std::fs::read_to_string(build.join("tc_root/etc/init.d/rcS")).unwrap().contains("LG-BOOT"));
+    assert!(
+        std::fs::read_to_string(build.join("tc_root/etc/init.d/rcS"))
+            .unwrap()
+            .contains("LG-BOOT")
+    );
     // TC's own modules are there after setup; rebuild --skip-kernel drops them.
-    let tc_modules = std::fs::read_dir(build.join("tc_root/lib/modules")).unwrap().count();
-    assert!(tc_modules > 0, "the test core should carry lib/modules/*tinycore*");
+    let tc_modules = std::fs::read_dir(build.join("tc_root/lib/modules"))
+        .unwrap()
+        .count();
+    assert!(
+        tc_modules > 0,
+        "the test core should carry lib/modules/*tinycore*"
+    );
 
     for compression in ["gzip", "zstd"] {
         let out = xtask(&["rebuild", "--skip-kernel", "--compression", compression]);
-        let image = Utf8PathBuf::from(out.lines().find(|l| l.contains("initramfs.cpio")).unwrap().trim());
+        let image = Utf8PathBuf::from(
+            out.lines()
+                .find(|l| l.contains("initramfs.cpio"))
+                .unwrap()
+                .trim(),
+        );
         let boot = testmirror::qemu::boot_tcg(
             &kernel,
             &image,
@@ -82,7 +111,10 @@ fn setup_rebuild_and_boot_with_gzip_and_zstd() {
         )
         .unwrap_or_else(|e| panic!("{compression}: {e:#}"));
         let c = &boot.console;
-        eprintln!("{compression}: booted to the marker in {:.1?}", boot.elapsed);
+        eprintln!(
+            "{compression}: booted to the marker in {:.1?}",
+            boot.elapsed
+        );
         for want in [
             "LG-BOOT home_tc 1001:50",
             "LG-BOOT suid 4755:0:0",
@@ -95,7 +127,10 @@ fn setup_rebuild_and_boot_with_gzip_and_zstd() {
             "LG-BOOT modules 0",
             "LG-BOOT done",
         ] {
-            assert!(c.contains(want), "{compression}: `{want}` missing from the console:\n{c}");
+            assert!(
+                c.contains(want),
+                "{compression}: `{want}` missing from the console:\n{c}"
+            );
         }
     }
 }

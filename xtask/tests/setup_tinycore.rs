@@ -19,7 +19,11 @@ struct Env {
 }
 
 fn env() -> Option<Env> {
-    for (tool, pkg) in [("mksquashfs", "squashfs-tools"), ("busybox", "busybox-static"), ("gcc", "gcc")] {
+    for (tool, pkg) in [
+        ("mksquashfs", "squashfs-tools"),
+        ("busybox", "busybox-static"),
+        ("gcc", "gcc"),
+    ] {
         require_tool(tool, pkg)?;
     }
     require_tool("ssh-keygen", "openssh-client")?;
@@ -29,7 +33,11 @@ fn env() -> Option<Env> {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777)).unwrap();
     let built = mirror::build(&path.join("mirror"), &Layout::tc16_x86_64()).unwrap();
     let server = Server::start(built.root.as_std_path()).unwrap();
-    Some(Env { _dir: dir, dir: path, server })
+    Some(Env {
+        _dir: dir,
+        dir: path,
+        server,
+    })
 }
 
 /// Runs xtask with a clean environment (no PACKAGES etc. from the caller).
@@ -37,7 +45,13 @@ fn xtask(e: &Env, as_nobody: bool, build: &Utf8Path, args: &[&str]) -> Output {
     xtask_env(e, as_nobody, build, args, &[])
 }
 
-fn xtask_env(e: &Env, as_nobody: bool, build: &Utf8Path, args: &[&str], vars: &[(&str, &str)]) -> Output {
+fn xtask_env(
+    e: &Env,
+    as_nobody: bool,
+    build: &Utf8Path,
+    args: &[&str],
+    vars: &[(&str, &str)],
+) -> Output {
     let mut cmd = if as_nobody {
         let mut c = Command::new("setpriv");
         c.args(["--reuid=65534", "--regid=65534", "--clear-groups", XTASK]);
@@ -53,7 +67,11 @@ fn xtask_env(e: &Env, as_nobody: bool, build: &Utf8Path, args: &[&str], vars: &[
         .arg(build)
         .args(args);
     let out = cmd.output().expect("xtask runs");
-    eprintln!("--- xtask {args:?}\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    eprintln!(
+        "--- xtask {args:?}\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     out
 }
 
@@ -66,7 +84,11 @@ fn setup(e: &Env, as_nobody: bool, build: &Utf8Path, extra: &[&str]) -> Output {
         args.extend(["-p", "openssh", "-p", "strace"]);
     }
     args.extend_from_slice(extra);
-    let vars: &[(&str, &str)] = if as_nobody { &[("PACKAGES", "openssh strace")] } else { &[] };
+    let vars: &[(&str, &str)] = if as_nobody {
+        &[("PACKAGES", "openssh strace")]
+    } else {
+        &[]
+    };
     xtask_env(e, as_nobody, build, &args, vars)
 }
 
@@ -93,7 +115,10 @@ fn snapshot(root: &Utf8Path) -> Vec<String> {
             } else {
                 format!("file {:x}", md5_of(&std::fs::read(&p).unwrap()))
             };
-            out.push(format!("{rel} {:o} {what}", md.permissions().mode() & 0o7777));
+            out.push(format!(
+                "{rel} {:o} {what}",
+                md.permissions().mode() & 0o7777
+            ));
         }
     }
     out.sort();
@@ -102,7 +127,9 @@ fn snapshot(root: &Utf8Path) -> Vec<String> {
 
 fn md5_of(b: &[u8]) -> u128 {
     // Not a security hash; just a compact content fingerprint for diffs.
-    b.iter().fold(0xcbf29ce484222325u128, |h, &x| (h ^ x as u128).wrapping_mul(0x100000001b3))
+    b.iter().fold(0xcbf29ce484222325u128, |h, &x| {
+        (h ^ x as u128).wrapping_mul(0x100000001b3)
+    })
 }
 
 #[test]
@@ -117,12 +144,30 @@ fn setup_as_root_and_as_nobody_twice_from_cache() {
     let o = setup(&e, false, &b_root, &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     let reqs = e.server.requests();
-    for want in ["corepure64.gz", "openssh.tcz", "openssl.tcz", "libtcdemo.tcz", "ca-certificates.tcz", "strace.tcz"] {
-        assert!(reqs.iter().any(|r| r.ends_with(&format!("/{want}"))), "{want} not fetched: {reqs:?}");
+    for want in [
+        "corepure64.gz",
+        "openssh.tcz",
+        "openssl.tcz",
+        "libtcdemo.tcz",
+        "ca-certificates.tcz",
+        "strace.tcz",
+    ] {
+        assert!(
+            reqs.iter().any(|r| r.ends_with(&format!("/{want}"))),
+            "{want} not fetched: {reqs:?}"
+        );
     }
     assert!(reqs.iter().all(|r| !r.contains("//")), "{reqs:?}");
-    assert!(!reqs.iter().any(|r| r.contains("fuse-KERNEL.tcz") && !r.ends_with(".dep")), "kernel dep fetched");
-    assert!(stderr(&o).contains("fuse-KERNEL"), "skipped kernel dep not reported");
+    assert!(
+        !reqs
+            .iter()
+            .any(|r| r.contains("fuse-KERNEL.tcz") && !r.ends_with(".dep")),
+        "kernel dep fetched"
+    );
+    assert!(
+        stderr(&o).contains("fuse-KERNEL"),
+        "skipped kernel dep not reported"
+    );
 
     // As nobody, twice; the second run makes no request at all.
     let o = setup(&e, true, &b_user, &[]);
@@ -130,16 +175,29 @@ fn setup_as_root_and_as_nobody_twice_from_cache() {
     e.server.clear_requests();
     let o = setup(&e, true, &b_user, &[]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(e.server.requests().is_empty(), "warm run downloaded: {:?}", e.server.requests());
-    assert!(String::from_utf8_lossy(&o.stdout).contains("0 downloaded"), "{:?}", o.stdout);
+    assert!(
+        e.server.requests().is_empty(),
+        "warm run downloaded: {:?}",
+        e.server.requests()
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("0 downloaded"),
+        "{:?}",
+        o.stdout
+    );
 
     // Root and nobody produce the same manifest and the same tree, apart
     // from the per-build-directory sshd host keys.
     let m_root = std::fs::read_to_string(b_root.join("tc_root.manifest")).unwrap();
     let m_user = std::fs::read_to_string(b_user.join("tc_root.manifest")).unwrap();
     assert_eq!(m_root, m_user, "manifests differ between root and nobody");
-    let keyless = |v: Vec<String>| -> Vec<String> { v.into_iter().filter(|l| !l.contains("ssh_host_")).collect() };
-    assert_eq!(keyless(snapshot(&b_root.join("tc_root"))), keyless(snapshot(&b_user.join("tc_root"))));
+    let keyless = |v: Vec<String>| -> Vec<String> {
+        v.into_iter().filter(|l| !l.contains("ssh_host_")).collect()
+    };
+    assert_eq!(
+        keyless(snapshot(&b_root.join("tc_root"))),
+        keyless(snapshot(&b_user.join("tc_root")))
+    );
 
     // What the manifest must have kept that a plain user cannot put on disk.
     for line in [
@@ -160,24 +218,39 @@ fn setup_as_root_and_as_nobody_twice_from_cache() {
     // Host keys: generated once per build directory, reused on the rerun.
     for t in ["ed25519", "ecdsa", "rsa"] {
         let kept = std::fs::read(b_user.join(format!("ssh-host-keys/ssh_host_{t}_key"))).unwrap();
-        let inside = std::fs::read(root.join(format!("usr/local/etc/ssh/ssh_host_{t}_key"))).unwrap();
-        assert_eq!(kept, inside, "{t} host key in tc_root differs from the build directory's");
+        let inside =
+            std::fs::read(root.join(format!("usr/local/etc/ssh/ssh_host_{t}_key"))).unwrap();
+        assert_eq!(
+            kept, inside,
+            "{t} host key in tc_root differs from the build directory's"
+        );
     }
     let keys_before = std::fs::read(b_root.join("ssh-host-keys/ssh_host_ed25519_key")).unwrap();
     let o = setup(&e, false, &b_root, &["--offline"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(keys_before, std::fs::read(b_root.join("ssh-host-keys/ssh_host_ed25519_key")).unwrap());
+    assert_eq!(
+        keys_before,
+        std::fs::read(b_root.join("ssh-host-keys/ssh_host_ed25519_key")).unwrap()
+    );
 
     // The TC edits and the sshd setup landed.
     let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap();
     assert!(read("etc/init.d/tc-config").contains("### END functions\nNORTC=1\nNOZSWAP=1\n"));
-    assert!(read("etc/inittab").contains("115200 tty1") && !read("etc/inittab").contains("38400 tty1"));
+    assert!(
+        read("etc/inittab").contains("115200 tty1") && !read("etc/inittab").contains("38400 tty1")
+    );
     assert!(read("opt/bootlocal.sh").contains("/usr/local/etc/init.d/openssh start"));
     assert!(read("usr/local/etc/ssh/sshd_config").contains("PasswordAuthentication no"));
-    assert_eq!(std::fs::read_link(root.join("lib64")).unwrap().to_str(), Some("lib"));
+    assert_eq!(
+        std::fs::read_link(root.join("lib64")).unwrap().to_str(),
+        Some("lib")
+    );
     assert!(root.join("etc/sysconfig/superuser").exists());
     assert!(root.join("var/lib/sshd").is_dir());
-    assert!(root.join("root/tc-sys.sh").is_file(), "tc-sys.sh-link override not applied");
+    assert!(
+        root.join("root/tc-sys.sh").is_file(),
+        "tc-sys.sh-link override not applied"
+    );
     // Extension files landed over the core.
     assert!(root.join("usr/local/bin/strace").is_file());
     assert!(root.join("usr/local/lib/libtcdemo.so.1").is_file());
@@ -187,12 +260,31 @@ fn setup_as_root_and_as_nobody_twice_from_cache() {
 fn dry_run_lists_install_order_without_downloading_packages() {
     let Some(e) = env() else { return };
     let url = e.server.url();
-    let o = xtask(&e, false, &e.dir.join("b"), &["setup-tinycore", "--mirror", &url, "-p", "openssh", "--dry-run"]);
+    let o = xtask(
+        &e,
+        false,
+        &e.dir.join("b"),
+        &[
+            "setup-tinycore",
+            "--mirror",
+            &url,
+            "-p",
+            "openssh",
+            "--dry-run",
+        ],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     let order: Vec<&str> = out.lines().filter(|l| !l.starts_with('#')).collect();
-    assert_eq!(order, ["ca-certificates", "openssl", "libtcdemo", "openssh"]);
-    assert!(e.server.requests().iter().all(|r| r.ends_with(".dep")), "{:?}", e.server.requests());
+    assert_eq!(
+        order,
+        ["ca-certificates", "openssl", "libtcdemo", "openssh"]
+    );
+    assert!(
+        e.server.requests().iter().all(|r| r.ends_with(".dep")),
+        "{:?}",
+        e.server.requests()
+    );
 }
 
 #[test]
@@ -205,19 +297,58 @@ fn bad_input_fails_clearly_and_keeps_the_previous_tc_root() {
 
     // Unknown package.
     let url = e.server.url();
-    let o = xtask(&e, false, &b, &["setup-tinycore", "--mirror", &url, "-p", "no-such-pkg", "--no-progress"]);
+    let o = xtask(
+        &e,
+        false,
+        &b,
+        &[
+            "setup-tinycore",
+            "--mirror",
+            &url,
+            "-p",
+            "no-such-pkg",
+            "--no-progress",
+        ],
+    );
     assert!(!o.status.success());
     assert!(stderr(&o).contains("no-such-pkg"), "{}", stderr(&o));
 
     // A hostile extension: a symlink to /etc, then a file through it.
-    let o = xtask(&e, false, &b, &["setup-tinycore", "--mirror", &url, "-p", "evil-through", "--no-progress"]);
+    let o = xtask(
+        &e,
+        false,
+        &b,
+        &[
+            "setup-tinycore",
+            "--mirror",
+            &url,
+            "-p",
+            "evil-through",
+            "--no-progress",
+        ],
+    );
     assert!(!o.status.success(), "evil-through was accepted");
     let err = stderr(&o);
     assert!(err.contains("evil"), "{err}");
-    assert!(!std::path::Path::new("/etc/pwned").exists(), "wrote outside tc_root");
+    assert!(
+        !std::path::Path::new("/etc/pwned").exists(),
+        "wrote outside tc_root"
+    );
 
     // Offline with an empty cache names what is missing.
-    let o = xtask(&e, false, &e.dir.join("empty"), &["setup-tinycore", "--mirror", &url, "-p", "strace", "--offline"]);
+    let o = xtask(
+        &e,
+        false,
+        &e.dir.join("empty"),
+        &[
+            "setup-tinycore",
+            "--mirror",
+            &url,
+            "-p",
+            "strace",
+            "--offline",
+        ],
+    );
     assert!(!o.status.success());
     assert!(stderr(&o).contains("without --offline"), "{}", stderr(&o));
 
@@ -227,11 +358,26 @@ fn bad_input_fails_clearly_and_keeps_the_previous_tc_root() {
         &e,
         false,
         &b,
-        &["setup-tinycore", "--mirror", &refused, "--mirror", &url, "-p", "openssh", "-p", "strace", "--refresh", "--no-progress"],
+        &[
+            "setup-tinycore",
+            "--mirror",
+            &refused,
+            "--mirror",
+            &url,
+            "-p",
+            "openssh",
+            "-p",
+            "strace",
+            "--refresh",
+            "--no-progress",
+        ],
     );
     assert!(o.status.success(), "{}", stderr(&o));
 
     // Through all of it the last good tc_root and manifest stayed.
-    assert_eq!(std::fs::read_to_string(b.join("tc_root.manifest")).unwrap(), manifest_before);
+    assert_eq!(
+        std::fs::read_to_string(b.join("tc_root.manifest")).unwrap(),
+        manifest_before
+    );
     assert!(b.join("tc_root/usr/local/bin/strace").is_file());
 }

@@ -6,7 +6,10 @@ use std::process::Command;
 const XTASK: &str = env!("CARGO_BIN_EXE_xtask");
 
 fn workspace() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
 }
 
 fn read(rel: &str) -> String {
@@ -33,7 +36,10 @@ fn readme_documents_every_task() {
     let tasks = tasks();
     assert!(tasks.len() >= 8, "could not read the task list: {tasks:?}");
     for t in tasks {
-        assert!(readme.contains(&format!("`{t}")), "README.md does not document the task `{t}`");
+        assert!(
+            readme.contains(&format!("`{t}")),
+            "README.md does not document the task `{t}`"
+        );
     }
 }
 
@@ -44,7 +50,10 @@ fn readme_documents_every_environment_variable() {
     sources.push_str(&read("testmirror/src/tools.rs"));
     sources.push_str(&read("initramfs/src/pack.rs"));
     let mut seen = 0;
-    for (i, _) in sources.match_indices("env(\"").chain(sources.match_indices("env::var(\"")) {
+    for (i, _) in sources
+        .match_indices("env(\"")
+        .chain(sources.match_indices("env::var(\""))
+    {
         let rest = &sources[i..];
         let start = rest.find('"').unwrap() + 1;
         let name = &rest[start..start + rest[start..].find('"').unwrap()];
@@ -52,26 +61,58 @@ fn readme_documents_every_environment_variable() {
             continue;
         }
         seen += 1;
-        assert!(readme.contains(&format!("`{name}`")), "README.md does not document the variable {name}");
+        assert!(
+            readme.contains(&format!("`{name}`")),
+            "README.md does not document the variable {name}"
+        );
     }
-    assert!(seen >= 10, "found only {seen} variables: is the scan broken?");
+    assert!(
+        seen >= 10,
+        "found only {seen} variables: is the scan broken?"
+    );
 }
 
 #[test]
 fn no_sudo_in_code() {
     let out = Command::new("git")
-        .args(["grep", "-n", "-I", "-E", r"(^|[;&|(`]|\$\(|then|do|else)[[:space:]]*sudo[[:space:]]", "--", "*.rs", "*.sh", ".ci/*"])
+        .args([
+            "grep",
+            "-n",
+            "-I",
+            "-E",
+            r"(^|[;&|(`]|\$\(|then|do|else)[[:space:]]*sudo[[:space:]]",
+            "--",
+            "*.rs",
+            "*.sh",
+            ".ci/*",
+        ])
         .current_dir(workspace())
         .output()
         .unwrap();
     let hits = String::from_utf8_lossy(&out.stdout);
     let hits: Vec<&str> = hits.lines().filter(|l| !l.contains("tidy.rs")).collect();
-    assert!(hits.is_empty(), "the tools must never need root, but these lines call sudo:\n{}", hits.join("\n"));
+    assert!(
+        hits.is_empty(),
+        "the tools must never need root, but these lines call sudo:\n{}",
+        hits.join("\n")
+    );
 }
 
 #[test]
 fn formatted() {
-    let Some(_) = testmirror::tools::require_tool("rustfmt", "rustfmt (rustup component add rustfmt)") else { return };
-    let out = Command::new("cargo").args(["fmt", "--all", "--check"]).current_dir(workspace()).output().unwrap();
-    assert!(out.status.success(), "run `cargo fmt --all`:\n{}", String::from_utf8_lossy(&out.stdout));
+    let Some(_) =
+        testmirror::tools::require_tool("rustfmt", "rustfmt (rustup component add rustfmt)")
+    else {
+        return;
+    };
+    let out = Command::new("cargo")
+        .args(["fmt", "--all", "--check"])
+        .current_dir(workspace())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "run `cargo fmt --all`:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }

@@ -14,7 +14,6 @@ use anyhow::{bail, Context, Result};
 use camino::Utf8Path;
 
 use super::{create_file, finish_file, Meta, Tree, UnpackStats};
-use crate::contain;
 use crate::manifest::{Kind, Manifest};
 
 const HEADER_LEN: usize = 110;
@@ -186,7 +185,7 @@ fn unpack_stream(
                 };
                 let linkable = group.filter(|g| {
                     // The leader may have been replaced by a later entry.
-                    contain::is_plain_path(tree.root, &g.leader)
+                    tree.is_plain(&g.leader)
                         && std::fs::symlink_metadata(tree.root.join(&g.leader))
                             .is_ok_and(|m| (m.dev(), m.ino()) == g.inode)
                 });
@@ -200,12 +199,21 @@ fn unpack_stream(
                     Some(g) => {
                         // GNU cpio puts the data on the last name: give it a
                         // fresh inode and point the earlier names at it.
-                        let inode =
-                            write_file(r, &p.disk, size, crc, check, &meta, archive, &name)?;
+                        let inode = write_file(
+                            r,
+                            &p.disk,
+                            size,
+                            crc,
+                            check,
+                            &meta,
+                            archive,
+                            &name,
+                            nlink > 1,
+                        )?;
                         tree.stats.bytes += size;
                         for old in &g.names {
                             let old_disk = tree.root.join(old);
-                            let same = contain::is_plain_path(tree.root, old)
+                            let same = tree.is_plain(old)
                                 && std::fs::symlink_metadata(&old_disk)
                                     .is_ok_and(|m| (m.dev(), m.ino()) == g.inode);
                             if same {
@@ -219,8 +227,17 @@ fn unpack_stream(
                         g.inode = inode;
                     }
                     None => {
-                        let inode =
-                            write_file(r, &p.disk, size, crc, check, &meta, archive, &name)?;
+                        let inode = write_file(
+                            r,
+                            &p.disk,
+                            size,
+                            crc,
+                            check,
+                            &meta,
+                            archive,
+                            &name,
+                            nlink > 1,
+                        )?;
                         tree.stats.bytes += size;
                         if nlink > 1 {
                             groups.insert(
@@ -242,6 +259,8 @@ fn unpack_stream(
     }
 }
 
+/// Writes one file's data; returns its (st_dev, st_ino) if `linked` (it
+/// has other names), else zeros.
 #[allow(clippy::too_many_arguments)]
 fn write_file(
     r: &mut Reader<'_>,
@@ -252,9 +271,10 @@ fn write_file(
     meta: &Meta,
     archive: &Utf8Path,
     name: &str,
+    linked: bool,
 ) -> Result<(u64, u64)> {
     let ctx = || format!("cannot write {disk} (entry `{name}` of {archive})");
-    let mut f = create_file(disk).with_context(ctx)?;
+    let mut f = create_file(disk, meta.mode).with_context(ctx)?;
     let mut left = size;
     let mut sum: u32 = 0;
     while left > 0 {
@@ -270,7 +290,10 @@ fn write_file(
     if crc && sum != check {
         bail!("{archive}: entry `{name}` fails its checksum (corrupt archive); delete it so it is downloaded again");
     }
-    finish_file(&f, meta.mode, meta.mtime).with_context(ctx)?;
+    finish_file(&f, meta.mtime).with_context(ctx)?;
+    if !linked {
+        return Ok((0, 0));
+    }
     let md = f.metadata().with_context(ctx)?;
     Ok((md.dev(), md.ino()))
 }

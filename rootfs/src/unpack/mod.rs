@@ -24,9 +24,9 @@ mod cpio;
 mod squashfs;
 
 pub use self::cpio::cpio;
-pub use self::squashfs::{squashfs, squashfs_many};
+pub use self::squashfs::{squashfs, squashfs_many, squashfs_many_after};
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::io::ErrorKind;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -79,6 +79,14 @@ pub(crate) struct Meta {
     pub mtime: i64,
 }
 
+/// What an entry's path holds on disk before it is applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OnDisk {
+    Dir,
+    Symlink,
+    Other,
+}
+
 /// Where a placed entry ended up.
 #[derive(Debug, Clone)]
 pub(crate) struct Placed {
@@ -100,6 +108,11 @@ pub(crate) struct Tree<'a> {
     /// a later entry at the same path replaces them, one below them fails as
     /// it would on disk.
     pub planned: BTreeMap<String, (usize, usize)>,
+    /// Paths (relative to tc_root, `""` for tc_root) known to be real
+    /// directories reached without symlinks: seen by `lstat` or created
+    /// here, and forgotten when anything at or above them is replaced. Saves
+    /// an `lstat` per parent component of every entry.
+    known_dirs: HashSet<String>,
 }
 
 impl<'a> Tree<'a> {
@@ -111,7 +124,55 @@ impl<'a> Tree<'a> {
             stats: UnpackStats::default(),
             dir_mtimes: BTreeMap::new(),
             planned: BTreeMap::new(),
+            known_dirs: HashSet::from([String::new()]),
         })
+    }
+
+    fn resolve_parent(
+        &self,
+        parent: &[&str],
+        archive: &Utf8Path,
+        name: &str,
+    ) -> Result<contain::ResolvedParent> {
+        contain::resolve_parent_with(self.root, parent, archive, name, &|rel| {
+            self.known_dirs.contains(rel)
+        })
+    }
+
+    /// Records the existing directories among `resolved`'s components.
+    fn remember(&mut self, resolved: &contain::ResolvedParent) {
+        let existing = resolved.first_missing.unwrap_or(resolved.components.len());
+        let mut rel = String::new();
+        for c in &resolved.components[..existing] {
+            if !rel.is_empty() {
+                rel.push('/');
+            }
+            rel.push_str(c);
+            if !self.known_dirs.contains(&rel) {
+                self.known_dirs.insert(rel.clone());
+            }
+        }
+    }
+
+    /// Forgets `rel` and everything below it (about to be removed).
+    fn forget_dirs(&mut self, rel: &str) {
+        let prefix = format!("{rel}/");
+        self.known_dirs
+            .retain(|k| k != rel && !k.starts_with(&prefix));
+    }
+
+    /// [`contain::is_plain_path`], with the directory cache.
+    pub fn is_plain(&self, rel: &str) -> bool {
+        if self.known_dirs.contains(rel) {
+            return true;
+        }
+        match rel.rsplit_once('/') {
+            Some((parent, _)) if self.known_dirs.contains(parent) => {
+                std::fs::symlink_metadata(self.root.join(rel))
+                    .is_ok_and(|m| !m.file_type().is_symlink())
+            }
+            _ => contain::is_plain_path(self.root, rel),
+        }
     }
 
     /// Validates `name`, resolves its parent inside tc_root (creating missing
@@ -133,7 +194,8 @@ impl<'a> Tree<'a> {
             return Ok(None);
         };
         let is_dir = meta.kind == Kind::Dir;
-        let resolved = contain::resolve_parent(self.root, parent, archive, name)?;
+        let resolved = self.resolve_parent(parent, archive, name)?;
+        self.remember(&resolved);
         if let Some(first) = resolved.first_missing {
             self.create_parents(&resolved.components, first, archive, name)?;
         }
@@ -142,15 +204,13 @@ impl<'a> Tree<'a> {
             rel.push('/');
         }
         rel.push_str(last);
-        if is_dir
-            && std::fs::symlink_metadata(self.root.join(&rel))
-                .is_ok_and(|m| m.file_type().is_symlink())
-        {
+        let mut existing = self.lstat(&rel, name, archive)?;
+        if is_dir && existing == Some(OnDisk::Symlink) {
             // A directory over a symlink merges into the link's target, as
             // `unsquashfs -f` and the kernel's initramfs unpacker do (a
             // `.tcz` shipping `lib64/` over `lib64 -> lib`); the target must
             // be inside tc_root like any parent.
-            let through = contain::resolve_parent(self.root, &comps, archive, name)?;
+            let through = self.resolve_parent(&comps, archive, name)?;
             let n = through.components.len();
             if n == 0 {
                 return Ok(None);
@@ -159,20 +219,17 @@ impl<'a> Tree<'a> {
                 self.create_parents(&through.components[..n - 1], first, archive, name)?;
             }
             rel = through.rel();
+            existing = self.lstat(&rel, name, archive)?;
         }
         let disk = self.root.join(&rel);
         let guest = format!("/{rel}");
         let ctx = || format!("cannot unpack entry `{name}` of {archive} to {disk}");
 
-        let existing = match std::fs::symlink_metadata(&disk) {
-            Ok(md) => Some(md.file_type()),
-            Err(e) if e.kind() == ErrorKind::NotFound => None,
-            Err(e) => return Err(e).with_context(ctx),
-        };
         self.planned.remove(&rel);
         match existing {
-            Some(ft) if ft.is_dir() && is_dir => {}
-            Some(ft) if ft.is_dir() => {
+            Some(OnDisk::Dir) if is_dir => {}
+            Some(OnDisk::Dir) => {
+                self.forget_dirs(&rel);
                 contain::remove_tree(&disk).with_context(ctx)?;
                 forget_below(&mut self.planned, &rel);
             }
@@ -193,9 +250,10 @@ impl<'a> Tree<'a> {
         self.stats.entries += 1;
         match &meta.kind {
             Kind::Dir => {
-                if !matches!(existing, Some(ft) if ft.is_dir()) {
+                if existing != Some(OnDisk::Dir) {
                     std::fs::create_dir(&disk).with_context(ctx)?;
                 }
+                self.known_dirs.insert(rel.clone());
                 set_mode(&disk, dir_disk_mode(meta.mode)).with_context(ctx)?;
                 self.dir_mtimes.insert(rel.clone(), meta.mtime);
                 self.stats.dirs += 1;
@@ -221,6 +279,22 @@ impl<'a> Tree<'a> {
         Ok(Some(Placed { rel, disk }))
     }
 
+    /// What is at `rel` (not following a final symlink), `None` if nothing.
+    fn lstat(&self, rel: &str, name: &str, archive: &Utf8Path) -> Result<Option<OnDisk>> {
+        if self.known_dirs.contains(rel) {
+            return Ok(Some(OnDisk::Dir));
+        }
+        let disk = self.root.join(rel);
+        match std::fs::symlink_metadata(&disk) {
+            Ok(md) if md.is_dir() => Ok(Some(OnDisk::Dir)),
+            Ok(md) if md.is_symlink() => Ok(Some(OnDisk::Symlink)),
+            Ok(_) => Ok(Some(OnDisk::Other)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e)
+                .with_context(|| format!("cannot unpack entry `{name}` of {archive} to {disk}")),
+        }
+    }
+
     fn create_parents(
         &mut self,
         comps: &[String],
@@ -240,6 +314,7 @@ impl<'a> Tree<'a> {
             std::fs::create_dir(&disk).with_context(|| {
                 format!("cannot create directory {disk} for entry `{name}` of {archive}")
             })?;
+            self.known_dirs.insert(rel.clone());
             // umask differs between users; the result must not.
             set_mode(&disk, 0o755).with_context(|| format!("cannot chmod {disk}"))?;
             // A device or fifo recorded here is gone now that a directory is.
@@ -261,22 +336,15 @@ impl<'a> Tree<'a> {
             let disk = self.root.join(&rel);
             // A later entry may have replaced the directory; only real
             // directories reached without symlinks get the time.
-            if !contain::is_plain_path(self.root, &rel) {
+            let real_dir = self.known_dirs.contains(&rel)
+                || (contain::is_plain_path(self.root, &rel)
+                    && std::fs::symlink_metadata(&disk).is_ok_and(|m| m.is_dir()));
+            if !real_dir {
                 continue;
             }
-            let dir = match File::options()
-                .read(true)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_DIRECTORY)
-                .open(&disk)
-            {
-                Ok(d) => d,
-                Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => continue,
-                Err(e) => {
-                    return Err(e)
-                        .with_context(|| format!("cannot open directory {disk} to set its mtime"))
-                }
-            };
-            dir.set_modified(system_time(mtime))
+            // The path has no symlink in it, so not following the last
+            // component is enough.
+            set_mtime_nofollow(&disk, mtime, false)
                 .with_context(|| format!("cannot set the mtime of {disk}"))?;
         }
         Ok(())
@@ -304,30 +372,58 @@ pub(crate) fn system_time(mtime: i64) -> SystemTime {
 }
 
 /// Creates a new regular file at `disk` (which [`Tree::place`] cleared),
-/// never following a symlink there.
-pub(crate) fn create_file(disk: &Utf8Path) -> std::io::Result<File> {
-    File::options()
+/// never following a symlink there, with the on-disk mode for the archive's
+/// `mode` (the fd stays writable whatever the mode).
+pub(crate) fn create_file(disk: &Utf8Path, mode: u32) -> std::io::Result<File> {
+    let mode = file_disk_mode(mode);
+    let f = File::options()
         .write(true)
         .create_new(true)
-        .mode(0o600)
+        .mode(mode)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(disk)
+        .open(disk)?;
+    // The umask differs between users; the result must not. Most modes
+    // survive the usual umasks, which saves a chmod per file.
+    if umask().is_none_or(|u| mode & u != 0) {
+        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+    }
+    Ok(f)
 }
 
-/// Gives a written file its on-disk mode and mtime.
-pub(crate) fn finish_file(f: &File, mode: u32, mtime: i64) -> std::io::Result<()> {
-    f.set_permissions(std::fs::Permissions::from_mode(file_disk_mode(mode)))?;
+/// The process umask, read once (from /proc: umask(2) can only be read by
+/// changing it, which would race with other threads creating files).
+fn umask() -> Option<u32> {
+    static UMASK: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    *UMASK.get_or_init(|| {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let line = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+        u32::from_str_radix(line.trim(), 8).ok()
+    })
+}
+
+/// Gives a written file its mtime.
+pub(crate) fn finish_file(f: &File, mtime: i64) -> std::io::Result<()> {
     f.set_modified(system_time(mtime))
 }
 
 fn set_symlink_mtime(path: &Utf8Path, mtime: i64) -> std::io::Result<()> {
+    set_mtime_nofollow(path, mtime, true)
+}
+
+/// Sets the mtime (and the atime too, if `atime`) of `path` itself, never
+/// following a symlink there.
+fn set_mtime_nofollow(path: &Utf8Path, mtime: i64, atime: bool) -> std::io::Result<()> {
     let c = std::ffi::CString::new(path.as_str())
         .map_err(|_| std::io::Error::from(ErrorKind::InvalidInput))?;
     let ts = libc::timespec {
         tv_sec: mtime as libc::time_t,
         tv_nsec: 0,
     };
-    let times = [ts, ts];
+    let omit = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: libc::UTIME_OMIT,
+    };
+    let times = [if atime { ts } else { omit }, ts];
     // SAFETY: `c` is a valid NUL-terminated path and `times` two timespecs,
     // as utimensat(2) requires; AT_SYMLINK_NOFOLLOW sets the link's own time.
     let rc = unsafe {

@@ -21,8 +21,10 @@ pub const MARKER: &[u8] = b"PAYLOAD:\n";
 pub fn embed(src: &Utf8Path, payload: &Utf8Path, dst: &Utf8Path) -> Result<()> {
     let mut out = AtomicFile::create(dst)?;
     copy_into(src, &mut out, "the program (SRC)")?;
-    out.write_all(b"\n").with_context(|| format!("cannot write {dst}"))?;
-    out.write_all(MARKER).with_context(|| format!("cannot write {dst}"))?;
+    out.write_all(b"\n")
+        .with_context(|| format!("cannot write {dst}"))?;
+    out.write_all(MARKER)
+        .with_context(|| format!("cannot write {dst}"))?;
     copy_into(payload, &mut out, "the payload")?;
     out.file()
         .set_permissions(std::fs::Permissions::from_mode(0o755))
@@ -66,7 +68,10 @@ mod tests {
 
     #[test]
     fn extract_finds_the_first_marker_line_only() {
-        assert_eq!(extract(b"#!/bin/sh\nexit\n\nPAYLOAD:\nab\nPAYLOAD:\ncd"), Some(&b"ab\nPAYLOAD:\ncd"[..]));
+        assert_eq!(
+            extract(b"#!/bin/sh\nexit\n\nPAYLOAD:\nab\nPAYLOAD:\ncd"),
+            Some(&b"ab\nPAYLOAD:\ncd"[..])
+        );
         // Not a whole line: no match.
         assert_eq!(extract(b"echo PAYLOAD:\nx"), None);
         assert_eq!(extract(b"PAYLOAD:\n"), Some(&b""[..]));

@@ -42,14 +42,24 @@ fn case(src: &[u8], payload: &[u8]) {
     payload::embed(&d.join("src"), &d.join("payload"), &dst).unwrap();
     let ours = std::fs::read(&dst).unwrap();
     assert_eq!(ours, shell_embed(&d, &d.join("src"), &d.join("payload")));
-    assert_eq!(std::fs::metadata(&dst).unwrap().permissions().mode() & 0o777, 0o755);
+    assert_eq!(
+        std::fs::metadata(&dst).unwrap().permissions().mode() & 0o777,
+        0o755
+    );
     assert_eq!(shell_extract(&dst), payload, "shell extraction");
-    assert_eq!(payload::extract_from_file(&dst).unwrap(), payload, "our extraction");
+    assert_eq!(
+        payload::extract_from_file(&dst).unwrap(),
+        payload,
+        "our extraction"
+    );
 }
 
 #[test]
 fn matches_the_shell_layout() {
-    case(b"#!/bin/sh\necho hi\nexit 0\n", b"\x1f\x8b binary \x00\xff payload");
+    case(
+        b"#!/bin/sh\necho hi\nexit 0\n",
+        b"\x1f\x8b binary \x00\xff payload",
+    );
 }
 
 #[test]

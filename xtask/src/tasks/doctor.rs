@@ -6,18 +6,46 @@ use anyhow::{bail, Result};
 /// (tool, Debian package, what needs it). `cargo xtask test` installs the
 /// packages of missing ones when it runs as root.
 pub const TOOLS: &[(&str, &str, &str)] = &[
-    ("ssh-keygen", "openssh-client", "setup-tinycore: sshd host keys"),
-    ("ldconfig", "libc-bin", "setup-tinycore: the guest's linker cache"),
-    ("unshare", "util-linux", "setup-tinycore as a plain user: ldconfig in a user namespace"),
-    ("mksquashfs", "squashfs-tools", "tests: building .tcz extensions"),
-    ("unsquashfs", "squashfs-tools", "tests and bench: the reference extractor"),
+    (
+        "ssh-keygen",
+        "openssh-client",
+        "setup-tinycore: sshd host keys",
+    ),
+    (
+        "ldconfig",
+        "libc-bin",
+        "setup-tinycore: the guest's linker cache",
+    ),
+    (
+        "unshare",
+        "util-linux",
+        "setup-tinycore as a plain user: ldconfig in a user namespace",
+    ),
+    (
+        "mksquashfs",
+        "squashfs-tools",
+        "tests: building .tcz extensions",
+    ),
+    (
+        "unsquashfs",
+        "squashfs-tools",
+        "tests and bench: the reference extractor",
+    ),
     ("cpio", "cpio", "tests and bench: the reference archiver"),
     ("gzip", "gzip", "tests and bench"),
     ("xz", "xz-utils", "tests: xz initramfs"),
     ("zstd", "zstd", "tests: zstd initramfs"),
     ("busybox", "busybox-static", "tests: the test mirror's core"),
-    ("gcc", "gcc", "tests: a real shared library in the test mirror; kernel builds"),
-    ("setpriv", "util-linux", "tests: running as an unprivileged user"),
+    (
+        "gcc",
+        "gcc",
+        "tests: a real shared library in the test mirror; kernel builds",
+    ),
+    (
+        "setpriv",
+        "util-linux",
+        "tests: running as an unprivileged user",
+    ),
     ("qemu-system-x86_64", "qemu-system-x86", "boot tests"),
 ];
 

@@ -33,7 +33,9 @@ impl Flags {
 
 /// The initramfs path for a compression: `initramfs.cpio.gz` by default.
 pub fn default_output(c: &Config, compression: &Compression) -> Utf8PathBuf {
-    c.build_dir.value.join(format!("initramfs.cpio{}", compression.extension()))
+    c.build_dir
+        .value
+        .join(format!("initramfs.cpio{}", compression.extension()))
 }
 
 pub fn run(c: &Config, f: &Flags) -> Result<()> {
@@ -49,7 +51,10 @@ pub fn run(c: &Config, f: &Flags) -> Result<()> {
     }
     let mut manifest = Manifest::load(&c.manifest_path())?;
     remove_tinycore_modules(&root, &mut manifest)?;
-    let out = f.output.clone().unwrap_or_else(|| default_output(c, &f.compression));
+    let out = f
+        .output
+        .clone()
+        .unwrap_or_else(|| default_output(c, &f.compression));
     let mut opts = PackOptions::from_env(f.compression)?;
     opts.force = f.force;
     let report = initramfs::pack(&root, &manifest, &out, &opts)?;
@@ -62,7 +67,9 @@ pub fn run(c: &Config, f: &Flags) -> Result<()> {
 /// (`lib/modules/*tinycore*`), which belong to a kernel we do not boot.
 fn remove_tinycore_modules(root: &Utf8Path, manifest: &mut Manifest) -> Result<()> {
     let dir = root.join("lib/modules");
-    let Ok(rd) = dir.read_dir_utf8() else { return Ok(()) };
+    let Ok(rd) = dir.read_dir_utf8() else {
+        return Ok(());
+    };
     let mut removed = false;
     for ent in rd.flatten() {
         if ent.file_name().contains("tinycore") {

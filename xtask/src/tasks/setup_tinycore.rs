@@ -57,7 +57,9 @@ impl Flags {
 }
 
 pub fn plan(c: &Config, f: &Flags) -> Plan {
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     Plan {
         build_dir: c.build_dir.value.clone(),
         mirrors: c.mirrors.value.clone(),
@@ -72,14 +74,23 @@ pub fn plan(c: &Config, f: &Flags) -> Plan {
         refresh: f.refresh,
         download_jobs: f.download_jobs,
         unpack_threads: f.unpack_threads.unwrap_or(cores),
-        progress: if f.no_progress { Progress::Lines } else { Progress::Auto },
+        progress: if f.no_progress {
+            Progress::Lines
+        } else {
+            Progress::Auto
+        },
         guest_dir: c.guest_dir(),
         overrides: tinycore::edits::Overrides {
             rcs: c.rcs_override.value.clone(),
             tc_sys: c.tc_sys_override.value.clone(),
         },
         custom_binaries: c.custom_binaries.value.clone(),
-        custom_removals: c.custom_removals.value.iter().map(Utf8PathBuf::from).collect(),
+        custom_removals: c
+            .custom_removals
+            .value
+            .iter()
+            .map(Utf8PathBuf::from)
+            .collect(),
         ssh_key: Some(c.ssh_key.value.clone()),
         copy_private_key: c.copy_private_key.value,
         sshd_port: c.sshd_port.value,

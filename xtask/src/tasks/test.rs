@@ -44,7 +44,9 @@ pub fn run(f: &Flags) -> Result<()> {
         }
     }
     let args = &f.cargo_args;
-    cmd!(sh, "cargo test --workspace {args...}").run().context("tests failed")?;
+    cmd!(sh, "cargo test --workspace {args...}")
+        .run()
+        .context("tests failed")?;
     Ok(())
 }
 

@@ -23,17 +23,27 @@ pub struct Flags {
 }
 
 pub fn run(c: &Config, f: &Flags) -> Result<()> {
-    let dir = f.dir.clone().unwrap_or_else(|| c.build_dir.value.join("test-mirror"));
+    let dir = f
+        .dir
+        .clone()
+        .unwrap_or_else(|| c.build_dir.value.join("test-mirror"));
     let layout = testmirror::mirror::Layout::new(&f.tc_version, &f.arch);
     let built = testmirror::mirror::build(&dir, &layout)
         .with_context(|| format!("cannot build the test mirror in {dir}"))?;
-    println!("test mirror: {} ({} packages)", built.root, built.packages.len());
+    println!(
+        "test mirror: {} ({} packages)",
+        built.root,
+        built.packages.len()
+    );
     if f.no_serve {
         return Ok(());
     }
     let server = testmirror::server::Server::start(built.root.as_std_path())?;
     println!("serving on {} (Ctrl-C to stop)", server.url());
-    println!("try: cargo xtask setup-tinycore --mirror {} -p openssh -p strace", server.url());
+    println!(
+        "try: cargo xtask setup-tinycore --mirror {} -p openssh -p strace",
+        server.url()
+    );
     loop {
         std::thread::park();
     }
