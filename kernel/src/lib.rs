@@ -24,7 +24,7 @@ pub use config::{
     compare_configs, configure, initramfs_source, initramfs_source_path, parse_config, ConfigIssue,
     ConfigReport, ConfigValue,
 };
-pub use make::{build, kernel_release, BuildOptions, BuildOutputs};
+pub use make::{build, kernel_release, relink, BuildOptions, BuildOutputs};
 pub use modules::{install_modules, remove_tinycore_modules, ModulesReport};
 pub use prereq::check_host;
 pub use source::{no_source_message, suggest_sources, Origin, Source};

@@ -307,6 +307,19 @@ fn run_make_logged(src: &Source, opts: &BuildOptions, args: &[&str], log: &Utf8P
     Ok(())
 }
 
+/// Relinks `vmlinux` and `bzImage` after the embedded initramfs
+/// (`CONFIG_INITRAMFS_SOURCE`) changed: Kbuild notices the newer file and
+/// redoes only `usr/` and the link. Appends to the build log.
+pub fn relink(src: &Source, opts: &BuildOptions) -> Result<Duration> {
+    let start = Instant::now();
+    let log = opts.log_path();
+    if !opts.verbose {
+        eprintln!("relinking vmlinux and bzImage with the new initramfs (log: {log})");
+    }
+    run_make_logged(src, opts, &["vmlinux", "bzImage"], &log)?;
+    Ok(start.elapsed())
+}
+
 /// Builds vmlinux, bzImage and (when the config has modules) the modules,
 /// then installs the modules under `opts.modules_dir()` stripped.
 /// [`crate::configure`] must have run. Prints a short summary on stderr.

@@ -146,7 +146,7 @@ pub fn missing_message(missing: &[Missing]) -> Option<String> {
     pkgs.dedup();
     if !pkgs.is_empty() {
         msg.push_str(&format!(
-            "install them with: sudo apt-get install {}",
+            "install them (as root) with: apt-get install {}",
             pkgs.join(" ")
         ));
     }

@@ -12,46 +12,8 @@ use camino::{Utf8Path, Utf8PathBuf};
 use initramfs::{Compression, PackOptions};
 use kernel::{BuildOptions, Source};
 use rootfs::manifest::Manifest;
+use testmirror::kernel_cache;
 use testmirror::tools::require_tool;
-
-fn workspace() -> Utf8PathBuf {
-    Utf8Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_owned()
-}
-
-fn target_dir() -> Utf8PathBuf {
-    match std::env::var("CARGO_TARGET_DIR") {
-        Ok(d) if !d.is_empty() => workspace().join(d),
-        _ => workspace().join("target"),
-    }
-}
-
-/// The cache directory for this kernel.config + tarball; older keys are
-/// removed so the cache does not grow by a kernel build per config edit.
-fn cache_dir(cache: &Utf8Path, kernel_config: &Utf8Path, tarball: &Utf8Path) -> Utf8PathBuf {
-    let md = std::fs::metadata(tarball).unwrap();
-    let mtime = md
-        .modified()
-        .unwrap()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap();
-    let mut h = blake3::Hasher::new();
-    h.update(&std::fs::read(kernel_config).unwrap());
-    h.update(format!("\n{} {} {}", tarball, md.len(), mtime.as_nanos()).as_bytes());
-    let key = format!("build-{}", &h.finalize().to_hex()[..16]);
-    if let Ok(entries) = cache.read_dir_utf8() {
-        for e in entries.flatten() {
-            let name = e.file_name();
-            if name.starts_with("build-") && name != key {
-                eprintln!("removing the stale kernel test cache {}", e.path());
-                let _ = std::fs::remove_dir_all(e.path());
-            }
-        }
-    }
-    cache.join(key)
-}
 
 const INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s
@@ -172,9 +134,9 @@ fn kernel_build_and_boot() {
         "{busybox} is dynamically linked: apt-get install busybox-static"
     );
 
-    let kernel_config = workspace().join("kernel.config");
-    let cache = target_dir().join("kernel-test");
-    let dir = cache_dir(&cache, &kernel_config, &tarball);
+    let kernel_config = kernel_cache::workspace().join("kernel.config");
+    let cache = kernel_cache::cache_root();
+    let dir = kernel_cache::keyed_dir(&kernel_config, &tarball).unwrap();
 
     // The tarball is unpacked once into the cache, shared by all keys.
     let t = Instant::now();

@@ -2,6 +2,7 @@
 //! and the HTTP server that serves it on 127.0.0.1.
 
 pub mod core;
+pub mod kernel_cache;
 pub mod mirror;
 pub mod newc;
 pub mod qemu;

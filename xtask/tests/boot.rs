@@ -4,7 +4,6 @@
 //! sees of the metadata a plain user could not put on disk.
 
 use std::os::unix::fs::PermissionsExt;
-use std::process::Command;
 use std::time::Duration;
 
 use camino::Utf8PathBuf;
@@ -12,7 +11,8 @@ use testmirror::mirror::{self, Layout};
 use testmirror::server::Server;
 use testmirror::tools::require_tool;
 
-const XTASK: &str = env!("CARGO_BIN_EXE_xtask");
+mod common;
+use common::Sandbox;
 
 const RCS: &str = r#"#!/bin/sh
 # linux-guest boot test: report, then power off.
@@ -63,23 +63,12 @@ fn setup_rebuild_and_boot_with_gzip_and_zstd() {
     )
     .unwrap();
     let build = dir.join("build");
-    let xtask = |args: &[&str]| {
-        let out = Command::new(XTASK)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap())
-            .env("HOME", dir.join("home"))
-            .args(["--config", config.as_str(), "--build-dir", build.as_str()])
-            .args(args)
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(out.status.success(), "xtask {args:?} failed:\n{text}");
-        text
+    let sandbox = Sandbox {
+        config,
+        build: build.clone(),
+        home: dir.join("home"),
     };
+    let xtask = |args: &[&str]| sandbox.run(args, &[]).0;
     xtask(&["setup-tinycore", "-p", "openssh", "--no-progress"]);
     assert!(
         std::fs::read_to_string(build.join("tc_root/etc/init.d/rcS"))

@@ -105,14 +105,19 @@ fn formatted() {
     else {
         return;
     };
-    let out = Command::new("cargo")
-        .args(["fmt", "--all", "--check"])
-        .current_dir(workspace())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "run `cargo fmt --all`:\n{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    // progs/ is its own workspace (excluded from the root one): check it too.
+    for dir in [workspace(), workspace().join("progs")] {
+        let out = Command::new("cargo")
+            .args(["fmt", "--all", "--check"])
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "run `cargo fmt --all` in {}:\n{}{}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }

@@ -9,6 +9,7 @@ use tinycore::setup::{self, Plan};
 use crate::config::{Config, Overrides};
 
 #[derive(clap::Args)]
+#[group(id = "setup_tinycore_flags")]
 pub struct Flags {
     /// Mirror base URL (repeat to try several in order) [env TC_MIRROR]
     #[arg(long = "mirror", value_name = "URL")]
@@ -31,7 +32,7 @@ pub struct Flags {
     refresh: bool,
     /// Print the resolved packages in install order and stop
     #[arg(long, visible_alias = "list")]
-    dry_run: bool,
+    pub dry_run: bool,
     /// Install `NAME-KERNEL` dependencies for this kernel version
     /// (e.g. 6.12.11-tinycore64) instead of skipping them
     #[arg(long, value_name = "UNAME_R")]
@@ -103,7 +104,12 @@ pub fn run(c: &Config, f: &Flags) -> Result<()> {
         print!("{}", setup::resolve(&plan)?);
         return Ok(());
     }
-    let r = setup::run(&plan, &|line| eprintln!("{line}"))?;
+    run_plan(&plan)
+}
+
+/// Sets tc_root up as `plan` says and reports what happened.
+pub fn run_plan(plan: &Plan) -> Result<()> {
+    let r = setup::run(plan, &|line| eprintln!("{line}"))?;
     for line in &r.edits.applied {
         eprintln!("edit: {line}");
     }
