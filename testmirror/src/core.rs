@@ -197,7 +197,7 @@ const APPLETS: &[(&str, &[&str])] = &[
         &[
             "ash", "cat", "chgrp", "chmod", "chown", "cp", "cpio", "date", "dd", "df", "dmesg",
             "echo", "egrep", "false", "grep", "gunzip", "gzip", "hostname", "kill", "ln", "login",
-            "ls", "md5sum", "mkdir", "mknod", "more", "mount", "mv", "ps", "pwd", "rm", "rmdir",
+            "ls", "md5sum", "mkdir", "mknod", "more", "mount", "mv", "pidof", "ps", "pwd", "rm", "rmdir",
             "sed", "sh", "sleep", "stat", "stty", "sync", "tar", "touch", "true", "umount",
             "uname", "vi", "zcat",
         ],
@@ -350,6 +350,7 @@ fn base_entries() -> Result<Vec<Entry>> {
         "usr/sbin",
         "usr/share",
         "usr/share/udhcpc",
+        "etc/udhcpc",
         "var",
         "var/lib",
         "var/log",
@@ -421,6 +422,13 @@ fn base_entries() -> Result<Vec<Entry>> {
         "usr/share/udhcpc/default.script",
         0o755,
         UDHCPC_SCRIPT,
+    ));
+    // The test core's busybox is Debian's, which looks for its DHCP event
+    // script where Debian keeps it; TC's is in usr/share/udhcpc.
+    e.push(Entry::new(
+        "etc/udhcpc/default.script",
+        0o777,
+        Kind::Symlink("/usr/share/udhcpc/default.script".into()),
     ));
     // TC's own modules, which a rebuild with SKIP_KERNEL removes.
     let kmod = "lib/modules/6.12.11-tinycore64";

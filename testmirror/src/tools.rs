@@ -27,6 +27,32 @@ pub fn require_tool(tool: &str, debian_package: &str) -> Option<PathBuf> {
     );
 }
 
+/// For tests that need root (network namespaces, tap devices): `true` when
+/// running as root. Otherwise panics saying so, or, with
+/// `LINUX_GUEST_ALLOW_MISSING_TOOLS=1` (and not in CI), prints a SKIPPED
+/// line and returns `false`; callers then return early.
+pub fn require_root(what: &str) -> bool {
+    if effective_uid() == Some(0) {
+        return true;
+    }
+    let ci = std::env::var("CI").map(|v| v == "true").unwrap_or(false);
+    let allow = std::env::var("LINUX_GUEST_ALLOW_MISSING_TOOLS")
+        .map(|v| v == "1")
+        .unwrap_or(false);
+    if allow && !ci {
+        eprintln!("SKIPPED: {what} needs root; LINUX_GUEST_ALLOW_MISSING_TOOLS=1");
+        return false;
+    }
+    panic!("{what} needs root: run the tests as root (CI does), or set LINUX_GUEST_ALLOW_MISSING_TOOLS=1 to skip it");
+}
+
+/// The effective uid, from `/proc/self/status` (`Uid: real effective ...`).
+fn effective_uid() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+    line.split_whitespace().nth(2)?.parse().ok()
+}
+
 pub fn find_on_path(tool: &str) -> Option<PathBuf> {
     if tool.contains('/') {
         return find_file(tool);
