@@ -1,13 +1,16 @@
 //! Booting a kernel + initramfs under QEMU/TCG for tests: the serial
-//! console is captured and the run is bounded in time.
+//! console is captured and the run is bounded in time. The boot loop is
+//! `vmm::boot`'s, the one `boot-test` uses.
 
-use std::io::Read;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use camino::{Utf8Path, Utf8PathBuf};
+use vmm::qemu::{Accel, Io, Net, Options, QEMU, QEMU_PACKAGE};
 
+use crate::mirror::{self, Layout};
+use crate::server::Server;
 use crate::tools::require_tool;
 
 /// Debian's newest `/boot/vmlinuz-*` (package linux-image-amd64); `None`
@@ -24,69 +27,103 @@ pub struct Boot {
     pub elapsed: Duration,
 }
 
-/// Boots with `-accel tcg -nographic -no-reboot`; the guest is expected to
-/// power off. Fails (with the console so far) after `timeout`.
+/// Boots with `-accel tcg -m 512`, no default devices, no network, never
+/// rebooting, ttyS0 on a pipe, and exactly `append` as the command line;
+/// the guest is expected to power off. Fails (with the console so far)
+/// after `timeout`, killing the QEMU.
 pub fn boot_tcg(
     kernel: &Utf8Path,
     initrd: &Utf8Path,
     append: &str,
     timeout: Duration,
 ) -> Result<Boot> {
-    let qemu = require_tool("qemu-system-x86_64", "qemu-system-x86")
-        .context("qemu-system-x86_64 is missing")?;
-    let start = Instant::now();
-    let mut child = Command::new(qemu)
-        .args([
-            "-accel",
-            "tcg",
-            "-m",
-            "512",
-            "-nographic",
-            "-no-reboot",
-            "-nodefaults",
-            "-serial",
-            "stdio",
-        ])
-        .args([
-            "-kernel",
-            kernel.as_str(),
-            "-initrd",
-            initrd.as_str(),
-            "-append",
-            append,
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("cannot start qemu-system-x86_64")?;
-    let mut stdout = child.stdout.take().context("no stdout")?;
-    let reader = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = stdout.read_to_end(&mut s);
-        String::from_utf8_lossy(&s).into_owned()
-    });
-    loop {
-        if let Some(status) = child.try_wait()? {
-            let console = reader.join().unwrap_or_default();
-            if !status.success() {
-                let mut err = String::new();
-                if let Some(mut e) = child.stderr.take() {
-                    let _ = e.read_to_string(&mut err);
-                }
-                bail!("qemu exited with {status}: {err}\nconsole:\n{console}");
-            }
-            return Ok(Boot {
-                console,
-                elapsed: start.elapsed(),
-            });
-        }
-        if start.elapsed() > timeout {
-            let _ = child.kill();
-            let _ = child.wait();
-            let console = reader.join().unwrap_or_default();
-            bail!("the guest did not power off within {timeout:?}; console:\n{console}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    require_tool(QEMU, QEMU_PACKAGE).context("qemu-system-x86_64 is missing")?;
+    let mut o = Options::new(kernel.to_owned(), initrd.to_owned(), Accel::Tcg);
+    o.smp = 1;
+    o.memory_mib = 512;
+    o.net = Net::None;
+    o.io = Io::Headless;
+    o.tc_cmdline = false;
+    o.append = vec![append.to_string()];
+    let (console, elapsed) = vmm::boot::run_to_poweroff(QEMU, &o.args(), timeout)?;
+    Ok(Boot { console, elapsed })
+}
+
+/// A Tiny Core image built the user's way, for tests that boot one:
+/// `setup-tinycore` from a fresh test mirror, then `rebuild --skip-kernel`.
+pub struct GuestImage {
+    /// `--config` for further xtask runs.
+    pub config: Utf8PathBuf,
+    /// `--build-dir`.
+    pub build_dir: Utf8PathBuf,
+    /// `<build dir>/initramfs.cpio.gz`.
+    pub initramfs: Utf8PathBuf,
+}
+
+impl GuestImage {
+    /// `xtask --config C --build-dir B ARGS` with a clean environment
+    /// (PATH, and HOME = `dir`/home).
+    pub fn xtask(&self, xtask: &str) -> Command {
+        let mut c = Command::new(xtask);
+        c.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", self.build_dir.with_file_name("home"))
+            .args(["--config", self.config.as_str()])
+            .args(["--build-dir", self.build_dir.as_str()]);
+        c
     }
+}
+
+/// Builds the test mirror in `dir`, serves it for the setup, and runs
+/// `xtask` (the binary under test) to set up and pack an image with
+/// `packages`. The default rcS: the image boots like a user's, and prints
+/// bootlocal.sh's ready marker.
+pub fn guest_image(dir: &Utf8Path, xtask: &str, packages: &[&str]) -> Result<GuestImage> {
+    for (tool, pkg) in [
+        ("mksquashfs", "squashfs-tools"),
+        ("busybox", "busybox-static"),
+    ] {
+        require_tool(tool, pkg).with_context(|| format!("{tool} is missing"))?;
+    }
+    let built = mirror::build(&dir.join("mirror"), &Layout::tc16_x86_64())?;
+    let server = Server::start(built.root.as_std_path())?;
+    let config = dir.join("guest.toml");
+    let list = packages
+        .iter()
+        .map(|p| format!("\"{p}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    std::fs::write(
+        &config,
+        format!(
+            "[tinycore]\nmirrors = [\"{}\"]\npackages = [{list}]\n",
+            server.url()
+        ),
+    )
+    .with_context(|| format!("cannot write {config}"))?;
+    std::fs::create_dir_all(dir.join("home"))?;
+    let image = GuestImage {
+        config,
+        build_dir: dir.join("build"),
+        initramfs: dir.join("build/initramfs.cpio.gz"),
+    };
+    for args in [
+        &["setup-tinycore", "--no-progress"][..],
+        &["rebuild", "--skip-kernel"][..],
+    ] {
+        let out = image
+            .xtask(xtask)
+            .args(args)
+            .output()
+            .with_context(|| format!("cannot run {xtask}"))?;
+        if !out.status.success() {
+            bail!(
+                "xtask {args:?} failed:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    drop(server);
+    Ok(image)
 }
