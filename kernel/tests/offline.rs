@@ -376,7 +376,10 @@ fn missing_prerequisites_name_their_debian_packages() {
     );
     let msg = missing_message(&m).unwrap();
     assert!(msg.contains("  - flex (Debian package flex)"), "{msg}");
-    assert!(msg.contains("apt-get install flex bc") && !msg.contains("sudo"), "{msg}");
+    assert!(
+        msg.contains("apt-get install flex bc") && !msg.contains("sudo"),
+        "{msg}"
+    );
 
     // CC=ccache gcc needs ccache; LLVM=1 needs clang and ld.lld.
     let vars = [("CC".to_string(), "ccache gcc".to_string())];

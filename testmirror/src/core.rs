@@ -197,9 +197,9 @@ const APPLETS: &[(&str, &[&str])] = &[
         &[
             "ash", "cat", "chgrp", "chmod", "chown", "cp", "cpio", "date", "dd", "df", "dmesg",
             "echo", "egrep", "false", "grep", "gunzip", "gzip", "hostname", "kill", "ln", "login",
-            "ls", "md5sum", "mkdir", "mknod", "more", "mount", "mv", "pidof", "ps", "pwd", "rm", "rmdir",
-            "sed", "sh", "sleep", "stat", "stty", "sync", "tar", "touch", "true", "umount",
-            "uname", "vi", "zcat",
+            "ls", "md5sum", "mkdir", "mknod", "more", "mount", "mv", "pidof", "ps", "pwd", "rm",
+            "rmdir", "sed", "sh", "sleep", "stat", "stty", "sync", "tar", "touch", "true",
+            "umount", "uname", "vi", "zcat",
         ],
     ),
     (

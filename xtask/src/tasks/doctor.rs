@@ -36,7 +36,11 @@ pub const TOOLS: &[(&str, &str, &str)] = &[
     ("xz", "xz-utils", "tests: xz initramfs"),
     ("zstd", "zstd", "tests: zstd initramfs"),
     ("busybox", "busybox-static", "tests: the test mirror's core"),
-    ("dropbear", "dropbear-bin", "tests: sshd in the guest for `ssh`"),
+    (
+        "dropbear",
+        "dropbear-bin",
+        "tests: sshd in the guest for `ssh`",
+    ),
     ("ip", "iproute2", "tap-up/tap-down and their tests"),
     ("tmux", "tmux", "tests: run-qemu under a terminal"),
     (

@@ -61,7 +61,8 @@ pub fn run(c: &Config, f: &Flags) -> Result<()> {
     let progs = if f.no_progs {
         Vec::new()
     } else {
-        progs::build(&c.workspace).context("building the guest programs (progs/) failed; fix it or pass --no-progs")?
+        progs::build(&c.workspace)
+            .context("building the guest programs (progs/) failed; fix it or pass --no-progs")?
     };
 
     // 4-7. Tiny Core, the binaries, removals and ssh keys.
@@ -86,7 +87,9 @@ pub fn run(c: &Config, f: &Flags) -> Result<()> {
 fn check_deploy_target(target: &str) -> Result<()> {
     match target.split_once(':') {
         Some((host, _)) if !host.is_empty() && !host.contains('/') => Ok(()),
-        _ => bail!("--deploy {target}: expected HOST:DIR (e.g. buildbox:/srv/guest), as scp takes it"),
+        _ => bail!(
+            "--deploy {target}: expected HOST:DIR (e.g. buildbox:/srv/guest), as scp takes it"
+        ),
     }
 }
 

@@ -99,7 +99,10 @@ impl KernelBuild {
         let last = LastKernel::load(build_dir);
         let (linux, origin) = match (&c.linux.value, &last) {
             (Some(l), _) => (l.clone(), c.linux.origin.to_string()),
-            (None, Some(last)) => (last.linux.clone(), format!("the last build, {}", LastKernel::path(build_dir))),
+            (None, Some(last)) => (
+                last.linux.clone(),
+                format!("the last build, {}", LastKernel::path(build_dir)),
+            ),
             (None, None) => bail!("{}", kernel::no_source_message()),
         };
         let kernel_out = match (&f.kernel_out, &last) {
@@ -114,7 +117,11 @@ impl KernelBuild {
         if c.linux.value.is_none() {
             eprintln!("kernel source: {linux} (from {origin})");
         }
-        if let kernel::Origin::Tarball { tarball, unpacked_now } = src.origin() {
+        if let kernel::Origin::Tarball {
+            tarball,
+            unpacked_now,
+        } = src.origin()
+        {
             let how = if *unpacked_now { "unpacked" } else { "reusing" };
             eprintln!("kernel source: {how} {tarball} in {}", src.tree());
         }
