@@ -44,7 +44,7 @@ impl EditReport {
         }
     }
 
-    fn warn(&mut self, what: impl Into<String>) {
+    pub(crate) fn warn(&mut self, what: impl Into<String>) {
         self.warnings.push(what.into());
     }
 }
@@ -58,9 +58,14 @@ pub const BOOTLOCAL_SH: &str = r#"#!/bin/sh
 # /opt/bootlocal.sh, written by linux-guest (tinycore::edits).
 # TC runs it in the background at the end of tc-config.
 
+# The ready marker `cargo xtask boot-test` waits for, printed when this
+# script ends: after the lines appended below too (the openssh start).
+trap 'echo "linux-guest: ready"' EXIT
+
 # TC's getty/autologin use tty1; a VM's console is the virtio console (hvc0)
-# or the first serial port, so point tty1 at whichever exists.
-if [ -c /dev/hvc0 ]; then
+# or the first serial port, so point tty1 at whichever exists. Ask sysfs:
+# a static /dev/hvc0 node exists even when the kernel has no virtio console.
+if [ -e /sys/class/tty/hvc0 ]; then
 	ln -sf /dev/hvc0 /dev/tty1
 else
 	ln -sf /dev/ttyS0 /dev/tty1
@@ -367,7 +372,9 @@ pub fn apply_overrides(root: &Utf8Path, o: &Overrides) -> Result<EditReport> {
 /// CUSTOM_BINARIES: copies each host file into `usr/local/bin/` (0755) and
 /// makes that directory world-readable/executable. Any manifest record of
 /// an installed name is dropped, so a replaced extension file does not lend
-/// its owner or setuid bit to the host binary.
+/// its owner or setuid bit to the host binary. A dynamically linked binary
+/// also gets the shared libraries (and program interpreter) the guest lacks,
+/// from the host ([`crate::elfdeps`]); one found nowhere is a warning.
 pub fn install_binaries(
     root: &Utf8Path,
     manifest: &mut Manifest,
@@ -388,6 +395,7 @@ pub fn install_binaries(
             );
         }
     }
+    let mut installed = Vec::with_capacity(binaries.len());
     for src in binaries {
         let name = src
             .file_name()
@@ -403,7 +411,12 @@ pub fn install_binaries(
         let changed = put_file(&dest, &bytes, 0o755)?;
         manifest.remove(&format!("/usr/local/bin/{name}"));
         r.record(changed, format!("usr/local/bin/{name} from {src}"));
+        installed.push((src.clone(), format!("/usr/local/bin/{name}")));
     }
+    let host = crate::elfdeps::HostLibs::system();
+    r.merge(crate::elfdeps::install_deps(
+        root, manifest, &host, &installed,
+    )?);
     Ok(r)
 }
 

@@ -3,6 +3,7 @@
 
 pub mod deps;
 pub mod edits;
+pub mod elfdeps;
 pub mod ldcache;
 pub mod mirror;
 pub mod openssh;

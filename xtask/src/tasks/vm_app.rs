@@ -278,7 +278,7 @@ fn build_packages(workspace: &Utf8Path, packages: &[&str]) -> Result<Vec<Utf8Pat
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     let mut cmd = Command::new(&cargo);
     cmd.current_dir(workspace)
-        .args(["build", "--release", "--target", progs::TARGET])
+        .args(["build", "--release", "--locked", "--target", progs::TARGET])
         .args(["--config", "profile.release.strip=true"])
         .arg("--manifest-path")
         .arg(workspace.join("Cargo.toml"))
