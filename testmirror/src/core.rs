@@ -297,6 +297,14 @@ const GLIBC: &[(&str, &[&str])] = &[
     ("sbin/ldconfig", &["/sbin/ldconfig", "/usr/sbin/ldconfig"]),
 ];
 
+/// Whether the core carries the shared library `name` (a file name such as
+/// `libc.so.6`), so an extension need not bring it.
+pub(crate) fn has_library(name: &str) -> bool {
+    GLIBC
+        .iter()
+        .any(|(path, _)| path.starts_with("lib/") && path.rsplit('/').next() == Some(name))
+}
+
 fn read_host(candidates: &[&str], what: &str, package: &str) -> Result<(Vec<u8>, u32)> {
     use std::os::unix::fs::PermissionsExt;
     for c in candidates {

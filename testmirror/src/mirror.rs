@@ -10,9 +10,10 @@
 //! core) is built once per process and cached; later builds, other
 //! versions and other architectures only copy bytes.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use anyhow::{bail, Context, Result};
 use camino::{Utf8Path, Utf8PathBuf};
@@ -188,18 +189,193 @@ case $1 in
 esac
 "#;
 
+/// The openssh extension's `usr/local/sbin/sshd` when the host has Debian's
+/// dropbear: dropbear serving what setup-tinycore configured for OpenSSH
+/// (tinycore::openssh): its host keys, converted to dropbear's format once
+/// per boot, sshd_config's `Port`, `PasswordAuthentication` and
+/// `PermitRootLogin`, and the pid file the init script stops. It returns
+/// once the port is listening, so at bootlocal.sh's ready marker the server
+/// is up (with DHCP, eth0's lease may still be on its way).
+const DROPBEAR_SSHD: &str = r#"# sshd of the linux-guest test mirror: Debian's dropbear standing in for
+# OpenSSH, started by /usr/local/etc/init.d/openssh.
+ETC=/usr/local/etc/ssh
+KEYS=/usr/local/etc/dropbear
+PID=/var/run/sshd.pid
+LOG=/var/log/sshd.log
+conf() { awk -v k="$1" 'tolower($1) == tolower(k) { print $2; exit }' "$ETC/sshd_config" 2>/dev/null; }
+port=$(conf Port)
+port=${port:-22}
+opts=
+[ "$(conf PasswordAuthentication)" = no ] && opts="$opts -s"
+case "$(conf PermitRootLogin)" in
+	no) opts="$opts -w" ;;
+	prohibit-password|without-password) opts="$opts -g" ;;
+esac
+mkdir -p "$KEYS" /var/log /var/run
+keys=0
+for t in ed25519 ecdsa rsa; do
+	key=$ETC/ssh_host_${t}_key
+	out=$KEYS/dropbear_${t}_host_key
+	[ -f "$key" ] || continue
+	if [ ! -s "$out" ]; then
+		if ! /usr/local/bin/dropbearconvert openssh dropbear "$key" "$out.tmp" >>"$LOG" 2>&1; then
+			echo "sshd: dropbearconvert cannot read $key (see $LOG)" >&2
+			rm -f "$out.tmp"
+			continue
+		fi
+		mv "$out.tmp" "$out"
+	fi
+	opts="$opts -r $out"
+	keys=$((keys + 1))
+done
+if [ $keys = 0 ]; then
+	echo "sshd: no usable host keys in $ETC (setup-tinycore installs them with openssh)" >&2
+	exit 1
+fi
+# dropbear forks into the background once its keys are loaded; errors
+# before that (libraries, keys, options) land in the log.
+if ! /usr/local/sbin/dropbear -E -p "$port" -P "$PID" $opts </dev/null >>"$LOG" 2>&1; then
+	echo "sshd: dropbear failed to start:" >&2
+	tail -n 5 "$LOG" >&2
+	exit 1
+fi
+hex=$(printf %04X "$port")
+n=0
+until grep -q ":$hex [0-9A-F]*:[0-9A-F]* 0A " /proc/net/tcp /proc/net/tcp6 2>/dev/null; do
+	n=$((n + 1))
+	if [ $n -gt 200 ]; then
+		echo "sshd: dropbear is not listening on port $port after 20 s (see $LOG)" >&2
+		exit 1
+	fi
+	sleep 0.1
+done
+"#;
+
+/// Where Debian's dropbear-bin installs the server and the key converter.
+const DROPBEAR: &str = "/usr/sbin/dropbear";
+const DROPBEARCONVERT: &[&str] = &[
+    "/usr/bin/dropbearconvert",
+    "/usr/lib/dropbear/dropbearconvert",
+];
+
+/// A host file carried in an extension.
+struct Bundled {
+    path: String,
+    mode: u32,
+    data: Vec<u8>,
+}
+
+/// Read once per process: [`catalog`] and the build must agree.
+type Bundle = std::result::Result<Option<Vec<Bundled>>, String>;
+static DROPBEAR_BUNDLE: OnceLock<Bundle> = OnceLock::new();
+
+fn dropbear_bundle() -> &'static Bundle {
+    DROPBEAR_BUNDLE.get_or_init(|| bundle_dropbear().map_err(|e| format!("{e:#}")))
+}
+
+/// Whether the mirror's `openssh` extension carries a working sshd: the
+/// host's Debian dropbear (`apt-get install dropbear-bin`), with the shared
+/// libraries the test core lacks and a `usr/local/sbin/sshd` that runs it
+/// on OpenSSH's configuration. Without dropbear on the host, `sshd` is a
+/// placeholder that prints one line (enough for every test that does not
+/// log in), so only the ssh tests need dropbear-bin.
+pub fn openssh_has_real_sshd() -> bool {
+    matches!(dropbear_bundle(), Ok(Some(_)))
+}
+
+/// dropbear, dropbearconvert and the libraries they need (per the host's
+/// `ldd`) that the test core does not carry; the core's glibc is the
+/// host's, so the versions match. None when dropbear is not installed.
+fn bundle_dropbear() -> Result<Option<Vec<Bundled>>> {
+    let Some(convert) = DROPBEARCONVERT.iter().find(|p| Path::new(p).is_file()) else {
+        return Ok(None);
+    };
+    if !Path::new(DROPBEAR).is_file() {
+        return Ok(None);
+    }
+    let ldd = tool("ldd", "libc-bin")?;
+    let read = |p: &str| {
+        std::fs::read(p).with_context(|| format!("reading {p} for the test mirror's openssh"))
+    };
+    let mut files = vec![
+        Bundled {
+            path: "usr/local/sbin/dropbear".into(),
+            mode: 0o755,
+            data: read(DROPBEAR)?,
+        },
+        Bundled {
+            path: "usr/local/bin/dropbearconvert".into(),
+            mode: 0o755,
+            data: read(convert)?,
+        },
+    ];
+    let mut libs = BTreeMap::new();
+    for bin in [DROPBEAR, convert] {
+        let out = Command::new(&ldd)
+            .arg(bin)
+            .output()
+            .with_context(|| format!("running ldd {bin}"))?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() {
+            bail!(
+                "`ldd {bin}` failed ({}): {stdout}{}; reinstall dropbear-bin",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        for line in stdout.lines() {
+            // "\tlibz.so.1 => /lib/x86_64-linux-gnu/libz.so.1 (0x...)"; the
+            // vDSO and the loader have no `=>`.
+            let Some((name, rest)) = line.trim().split_once(" => ") else {
+                continue;
+            };
+            let host = rest.split(" (").next().unwrap_or_default().trim();
+            if !host.starts_with('/') {
+                bail!("{bin} needs {name}, which the host's loader does not find (`ldd {bin}`: {}); reinstall dropbear-bin", line.trim());
+            }
+            if !crate::core::has_library(name) {
+                libs.insert(name.to_string(), host.to_string());
+            }
+        }
+    }
+    for (name, host) in libs {
+        files.push(Bundled {
+            path: format!("usr/local/lib/{name}"),
+            mode: 0o644,
+            data: read(&host)?,
+        });
+    }
+    Ok(Some(files))
+}
+
 fn specs(libtcdemo: &[u8], tcdemo: &[u8]) -> Vec<Spec> {
     use Builder::*;
     use Item::*;
+    // The openssh extension's server: dropbear when the host has it.
+    let (sshd, openssh_description, dropbear) = match dropbear_bundle() {
+        Ok(Some(files)) => (
+            script(DROPBEAR_SSHD),
+            "OpenSSH stand-in: Debian's dropbear as sshd, with its libraries (test mirror)",
+            files
+                .iter()
+                .map(|b| File(b.path.as_str(), b.mode, b.data.clone()))
+                .collect(),
+        ),
+        _ => (
+            script("echo 'testmirror placeholder sshd (install dropbear-bin for a real one)'\n"),
+            "OpenSSH placeholder (test mirror; with dropbear-bin on the host, a working sshd)",
+            Vec::new(),
+        ),
+    };
     vec![
         Spec {
             name: "openssh",
             // CRLF, a tab and stray spaces, no suffix on the second line.
             dep: Some(b"openssl.tcz\r\n\t libtcdemo  \r\n"),
             builder: Mksquashfs,
-            description: "OpenSSH placeholder (test mirror)",
-            items: vec![
-                File("usr/local/sbin/sshd", 0o755, script("echo 'testmirror placeholder sshd'\n")),
+            description: openssh_description,
+            items: [
+                File("usr/local/sbin/sshd", 0o755, sshd),
                 File("usr/local/bin/ssh", 0o755, script("echo 'testmirror placeholder ssh'\n")),
                 File("usr/local/bin/ssh-keygen", 0o755, script("echo 'testmirror placeholder ssh-keygen'\n")),
                 File(
@@ -213,7 +389,10 @@ fn specs(libtcdemo: &[u8], tcdemo: &[u8]) -> Vec<Spec> {
                     0o755,
                     script("[ -f /usr/local/etc/ssh/sshd_config ] || cp /usr/local/etc/ssh/sshd_config.orig /usr/local/etc/ssh/sshd_config\n"),
                 ),
-            ],
+            ]
+            .into_iter()
+            .chain(dropbear)
+            .collect(),
         },
         Spec {
             name: "openssl",
@@ -481,6 +660,9 @@ fn build_artifacts() -> Result<Artifacts> {
         .context("the temporary directory path is not UTF-8; set TMPDIR to a UTF-8 path")?
         .to_path_buf();
     let (libtcdemo, tcdemo) = build_tcdemo(&tmp.join("cc"))?;
+    if let Err(e) = dropbear_bundle() {
+        bail!("packaging the host's dropbear as the test mirror's openssh: {e}");
+    }
     let mut tczs = Vec::new();
     for spec in specs(&libtcdemo, &tcdemo) {
         let tcz = build_tcz(&spec, &tmp)

@@ -1,14 +1,13 @@
 //! `cargo xtask ssh -- CMD` answers from a real guest: setup-tinycore from
-//! the test mirror with openssh, Debian's dropbear standing in for the
-//! mirror's placeholder sshd (same init script, same host keys), rebuild,
-//! then Debian's kernel under QEMU/TCG with user networking forwarded on
-//! 127.0.0.1. The guest's host keys are pinned, not trusted on first use,
-//! and `~/.ssh/known_hosts` is never touched.
+//! the test mirror with openssh (whose sshd is the host's Debian dropbear,
+//! started by the extension's init script with the build's host keys),
+//! rebuild, then Debian's kernel under QEMU/TCG with user networking
+//! forwarded on 127.0.0.1. The guest's host keys are pinned, not trusted on
+//! first use, and `~/.ssh/known_hosts` is never touched.
 //!
 //! The guest runs the real guest/tc-sys.sh: with the magic MAC it must
 //! configure the static addresses, with any other MAC it runs DHCP.
 
-use std::os::unix::fs::PermissionsExt;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -59,48 +58,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-/// Debian's dropbear and the libraries it needs (per ldd), into tc_root,
-/// as the openssh extension's `sshd`; the build's host keys converted to
-/// dropbear's format.
-fn install_dropbear(root: &Utf8Path, build: &Utf8Path, dropbear: &Utf8Path, convert: &Utf8Path) {
-    std::fs::copy(dropbear, root.join("usr/local/sbin/dropbear")).unwrap();
-    let ldd = run_ok(Command::new("ldd").arg(dropbear));
-    for line in ldd.lines() {
-        // "libz.so.1 => /lib/x86_64-linux-gnu/libz.so.1 (0x...)"
-        let Some((name, rest)) = line.trim().split_once(" => ") else {
-            continue;
-        };
-        let path = rest.split_whitespace().next().unwrap();
-        if !root.join("lib").join(name).exists() {
-            std::fs::copy(path, root.join("lib").join(name)).unwrap();
-        }
-    }
-    let keys = root.join("usr/local/etc/dropbear");
-    std::fs::create_dir_all(&keys).unwrap();
-    let mut args = String::new();
-    for t in ["ed25519", "ecdsa", "rsa"] {
-        let out = keys.join(format!("dropbear_{t}_host_key"));
-        let _ = std::fs::remove_file(&out);
-        run_ok(
-            Command::new(convert)
-                .args(["openssh", "dropbear"])
-                .arg(build.join(format!("ssh-host-keys/ssh_host_{t}_key")))
-                .arg(&out),
-        );
-        args.push_str(&format!(
-            " -r /usr/local/etc/dropbear/dropbear_{t}_host_key"
-        ));
-    }
-    // The init script (usr/local/etc/init.d/openssh) runs this.
-    let sshd = root.join("usr/local/sbin/sshd");
-    std::fs::write(
-        &sshd,
-        format!("#!/bin/sh\n# dropbear standing in for OpenSSH's sshd (test)\nexec /usr/local/sbin/dropbear -s -p 22 -P /var/run/sshd.pid{args}\n"),
-    )
-    .unwrap();
-    std::fs::set_permissions(&sshd, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
 /// Debian's kernel has its NICs as modules: load e1000 before
@@ -176,12 +133,16 @@ fn ssh_into_the_guest_with_pinned_host_keys() {
         ("ssh-keygen", "openssh-client"),
         ("ldd", "libc-bin"),
         ("/usr/sbin/dropbear", "dropbear-bin"),
-        ("/usr/lib/dropbear/dropbearconvert", "dropbear-bin"),
+        ("dropbearconvert", "dropbear-bin"),
     ] {
         let Some(_) = require_tool(tool, pkg) else {
             return;
         };
     }
+    assert!(
+        mirror::openssh_has_real_sshd(),
+        "the test mirror's openssh has no real sshd although dropbear is installed"
+    );
     let Some(kernel) = testmirror::qemu::debian_kernel() else {
         return;
     };
@@ -237,12 +198,7 @@ fn ssh_into_the_guest_with_pinned_host_keys() {
 
     ok(&["setup-tinycore", "--no-progress"]);
     let root = build.join("tc_root");
-    install_dropbear(
-        &root,
-        &build,
-        Utf8Path::new("/usr/sbin/dropbear"),
-        Utf8Path::new("/usr/lib/dropbear/dropbearconvert"),
-    );
+    assert!(root.join("usr/local/sbin/dropbear").is_file());
     prepare_network(&root, &release);
     ok(&["rebuild", "--skip-kernel"]);
     let image = build.join("initramfs.cpio.gz");
