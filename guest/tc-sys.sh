@@ -19,6 +19,7 @@ ADDR6=fd0:1234:4321::15/64	# the host bridge has fd0:1234:4321::2/64
 # listens on 127.0.0.53 only), so use a public resolver the host NATs to.
 NAMESERVER=8.8.8.8
 CARRIER_WAIT=${CARRIER_WAIT:-10}	# seconds
+DHCP_WAIT=${DHCP_WAIT:-10}	# seconds
 # Overridable so the script can be tested on a host with a fake sysfs.
 SYS_NET=${SYS_NET:-/sys/class/net}
 RESOLV_CONF=${RESOLV_CONF:-/etc/resolv.conf}
@@ -41,6 +42,17 @@ if [ "$mac" != "$MAGIC_MAC" ]; then
 		log "$IFACE ($mac): DHCP"
 		udhcpc -b -i "$IFACE" -x hostname:box -p "/var/run/udhcpc.$IFACE.pid" >/dev/null 2>&1
 	fi
+	# "Ready" (the end of bootlocal.sh) should mean reachable: wait, bounded,
+	# for the lease, which udhcpc's event script marks by writing resolv.conf.
+	i=0
+	while [ ! -s "$RESOLV_CONF" ]; do
+		if [ "$i" -ge "$DHCP_WAIT" ]; then
+			log "no DHCP lease on $IFACE after ${DHCP_WAIT}s; going on"
+			break
+		fi
+		sleep 1
+		i=$((i + 1))
+	done
 	exit 0
 fi
 

@@ -79,6 +79,17 @@ elif [ -f /root/tc-sys.sh ]; then
 fi
 "#;
 
+/// Put into `/opt/bootsync.sh` before it starts bootlocal.sh in the
+/// background: busybox init may start the tty1 getty before the background
+/// bootlocal.sh has pointed tty1 at the console, and then root's login
+/// shell sits on a tty nobody sees. bootsync.sh runs synchronously inside
+/// the sysinit step, before init starts any getty.
+const BOOTSYNC_TTY1: &str =
+    "# linux-guest: tty1 is the VM console (hvc0 or ttyS0), before any getty starts.
+if [ -e /sys/class/tty/hvc0 ]; then ln -sf /dev/hvc0 /dev/tty1; else ln -sf /dev/ttyS0 /dev/tty1; fi
+";
+const BOOTSYNC_ANCHOR: &str = "/opt/bootlocal.sh &";
+
 /// What replaces TC's `clear` line in rcS: a comment rather than nothing, so
 /// a re-run can tell "already removed" from "this rcS never had one".
 const RCS_CLEAR_MARKER: &str =
@@ -102,6 +113,7 @@ pub fn apply_distro_edits(root: &Utf8Path) -> Result<EditReport> {
         tty1_speed(root, rel, &mut r)?;
     }
     bootlocal(root, &mut r)?;
+    bootsync_tty1(root, &mut r)?;
     Ok(r)
 }
 
@@ -279,6 +291,33 @@ fn bootlocal(root: &Utf8Path, r: &mut EditReport) -> Result<()> {
         put_file(&path, BOOTLOCAL_SH.as_bytes(), 0o755)?
     };
     r.record(changed, "opt/bootlocal.sh");
+    Ok(())
+}
+
+fn bootsync_tty1(root: &Utf8Path, r: &mut EditReport) -> Result<()> {
+    let rel = "opt/bootsync.sh";
+    let path = root.join(rel);
+    let Some(text) = read_text_opt(&path)? else {
+        r.warn(format!(
+            "{rel} does not exist; tty1 is pointed at the console only by bootlocal.sh, \
+             which may be too late for the tty1 getty"
+        ));
+        return Ok(());
+    };
+    if text.contains(BOOTSYNC_TTY1) {
+        r.record(false, format!("{rel}: tty1 -> console"));
+        return Ok(());
+    }
+    let new = match text.find(BOOTSYNC_ANCHOR) {
+        Some(at) => format!("{}{BOOTSYNC_TTY1}{}", &text[..at], &text[at..]),
+        None => format!(
+            "{}{}{BOOTSYNC_TTY1}",
+            text,
+            if text.ends_with('\n') { "" } else { "\n" }
+        ),
+    };
+    rewrite(&path, new.as_bytes())?;
+    r.record(true, format!("{rel}: tty1 -> console"));
     Ok(())
 }
 

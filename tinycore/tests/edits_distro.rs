@@ -64,6 +64,7 @@ fn tc_root() -> (tempfile::TempDir, Utf8PathBuf) {
     write(&root, "etc/inittab", INITTAB, 0o644);
     write(&root, "sbin/autologin", AUTOLOGIN, 0o755);
     write(&root, "opt/bootlocal.sh", BOOTLOCAL, 0o775);
+    write(&root, "opt/bootsync.sh", BOOTSYNC, 0o775);
     (dir, root)
 }
 
@@ -101,12 +102,26 @@ fn mode(p: &Utf8Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
 }
 
+/// Tiny Core's own /opt/bootsync.sh.
+const BOOTSYNC: &str = "#!/bin/sh
+# put other system startup commands here, the boot process will wait until they complete.
+# Use bootlocal.sh for system startup commands that can run in the background
+# and therefore not slow down the boot process.
+/usr/bin/sethostname box
+/opt/bootlocal.sh &
+";
+
 #[test]
 fn distro_edits_apply_once_and_are_idempotent() {
     let (_d, root) = tc_root();
     let r1 = edits::apply_distro_edits(&root).unwrap();
     assert!(r1.warnings.is_empty(), "{r1:#?}");
-    assert_eq!(r1.applied.len(), 8, "{r1:#?}");
+    assert_eq!(r1.applied.len(), 9, "{r1:#?}");
+    // tty1 points at the console before bootlocal.sh goes to the background.
+    let sync = read(&root, "opt/bootsync.sh");
+    let tty1 = sync.find("ln -sf /dev/ttyS0 /dev/tty1").expect(&sync);
+    assert!(tty1 < sync.find("/opt/bootlocal.sh &").unwrap(), "{sync}");
+    assert!(sync.starts_with("#!/bin/sh\n"), "{sync}");
 
     assert_eq!(
         std::fs::read_link(root.join("lib64")).unwrap().to_str(),
@@ -142,7 +157,7 @@ fn distro_edits_apply_once_and_are_idempotent() {
     let r2 = edits::apply_distro_edits(&root).unwrap();
     assert!(r2.applied.is_empty(), "second run applied {:?}", r2.applied);
     assert!(r2.warnings.is_empty(), "{r2:#?}");
-    assert_eq!(r2.unchanged.len(), 8);
+    assert_eq!(r2.unchanged.len(), 9);
     assert_eq!(snapshot(&root), before, "second run changed bytes or modes");
 }
 

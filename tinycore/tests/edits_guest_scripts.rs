@@ -188,6 +188,7 @@ fn run_tc_sys(mac: &str, carrier: &str, udhcpc: Option<u32>) -> (String, Option<
         .env("SYS_NET", d.join("sys/class/net"))
         .env("RESOLV_CONF", &resolv)
         .env("CARRIER_WAIT", "3")
+        .env("DHCP_WAIT", "2")
         .output()
         .unwrap();
     assert!(
@@ -233,6 +234,8 @@ fn tc_sys_other_mac_uses_dhcp() {
     assert!(log.starts_with("udhcpc -b -i eth0"), "{log}");
     assert!(!log.contains("ip "), "{log}");
     assert_eq!(resolv, None);
+    // No lease (the stub udhcpc writes no resolv.conf): a bounded wait.
+    assert_eq!(log.matches("sleep 1\n").count(), 2, "{log}");
     // tc-config's udhcpc is already running: leave it alone.
     let mut fake_udhcpc = Command::new("sleep").arg("60").spawn().unwrap();
     let (log, _) = run_tc_sys("52:54:00:12:34:56", "1", Some(fake_udhcpc.id()));
@@ -242,5 +245,5 @@ fn tc_sys_other_mac_uses_dhcp() {
     );
     fake_udhcpc.kill().unwrap();
     fake_udhcpc.wait().unwrap();
-    assert_eq!(log, "");
+    assert_eq!(log, "sleep 1\nsleep 1\n");
 }

@@ -12,9 +12,8 @@
 //!    known_hosts untouched;
 //! 4. `vm-exec -- uname -r` prints the release and exits 0;
 //! 5. `ssh -- poweroff` ends the guest, run-qemu exits 0 and no QEMU is
-//!    left.
-//!
-//! (`boot-test`, the issue's last point, has its own test: boot_test.rs.)
+//!    left;
+//! 6. `boot-test` on the same image reaches ready, runs a check, powers off.
 //!
 //! Run as root (CI), steps 2-5 run as nobody (setpriv): none of them needs
 //! root. The first run builds the kernel (~8-10 min) unless the kernel
@@ -441,4 +440,19 @@ fn full_build_run_qemu_ssh_and_vm_exec() {
         "processes using {} are left: {left:?}",
         sandbox.build
     );
+
+    // 6. boot-test on the same full-build image (its bzImage, the default):
+    // ready marker, a check on the console, power off.
+    let (out, took) = user.output(&[
+        "boot-test",
+        "--accel",
+        "tcg",
+        "--check",
+        "uname -r",
+        "--expect",
+        &release,
+    ]);
+    eprintln!("boot-test: {took:.1?}\n{}", text(&out));
+    assert!(out.status.success(), "boot-test failed:\n{}", text(&out));
+    assert!(text(&out).contains("ready after"), "{}", text(&out));
 }
