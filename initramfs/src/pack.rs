@@ -157,7 +157,10 @@ pub fn pack(
                 let mut rehashed = false;
                 for (f, node) in files.iter_mut().zip(plan.iter().filter_map(|p| p.file)) {
                     let disk = node_disk(node)?;
-                    let key = StatKey::of_path(disk)?;
+                    let key = match node.stamp {
+                        Some(stamp) => StatKey::from(stamp),
+                        None => StatKey::of_path(disk)?,
+                    };
                     f.hash = match old.files.get(&node.path) {
                         Some((k, h)) if *k == key => Some(*h),
                         _ => {
@@ -596,18 +599,21 @@ struct StatKey {
     mode: u32,
 }
 
+impl From<rootfs::meta::Stamp> for StatKey {
+    fn from(s: rootfs::meta::Stamp) -> StatKey {
+        StatKey {
+            size: s.size,
+            mtime_ns: s.mtime_ns,
+            ctime_ns: s.ctime_ns,
+            ino: s.ino,
+            mode: s.mode,
+        }
+    }
+}
+
 impl StatKey {
     fn of(md: &std::fs::Metadata) -> StatKey {
-        StatKey {
-            size: md.len(),
-            mtime_ns: mtime_ns(md),
-            ctime_ns: md
-                .ctime()
-                .saturating_mul(1_000_000_000)
-                .saturating_add(md.ctime_nsec()),
-            ino: md.ino(),
-            mode: md.mode(),
-        }
+        StatKey::from(rootfs::meta::Stamp::of(md))
     }
 
     fn of_path(path: &Utf8Path) -> Result<StatKey> {
@@ -795,6 +801,7 @@ mod tests {
             size,
             mtime: 0,
             link_group: None,
+            stamp: None,
         }
     }
 

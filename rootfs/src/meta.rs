@@ -45,6 +45,33 @@ pub struct Node {
     pub mtime: i64,
     /// For regular files with several links on disk: (st_dev, st_ino).
     pub link_group: Option<(u64, u64)>,
+    /// For regular files: the stat data the walk saw, so that change
+    /// detection need not stat every file a second time.
+    pub stamp: Option<Stamp>,
+}
+
+/// What git's index calls the stat data of a file: if none of it changed,
+/// its content is taken as unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stamp {
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+    pub ino: u64,
+    pub mode: u32,
+}
+
+impl Stamp {
+    pub fn of(md: &std::fs::Metadata) -> Stamp {
+        let ns = |s: i64, n: i64| s.saturating_mul(1_000_000_000).saturating_add(n);
+        Stamp {
+            size: md.len(),
+            mtime_ns: ns(md.mtime(), md.mtime_nsec()),
+            ctime_ns: ns(md.ctime(), md.ctime_nsec()),
+            ino: md.ino(),
+            mode: md.mode(),
+        }
+    }
 }
 
 fn under_home_tc(path: &str) -> bool {
@@ -74,6 +101,7 @@ pub fn collect(root: &Utf8Path, manifest: &Manifest) -> Result<Vec<Node>> {
                     size: 0,
                     mtime: 0,
                     link_group: None,
+                    stamp: None,
                 },
             );
         }
@@ -93,7 +121,9 @@ fn walk(
     for ent in rd {
         let ent = ent.with_context(|| format!("cannot read directory {dir}"))?;
         let disk = ent.path().to_owned();
-        let md = std::fs::symlink_metadata(&disk).with_context(|| format!("cannot stat {disk}"))?;
+        // DirEntry::metadata is an lstat relative to the open directory:
+        // cheaper than resolving the whole path again.
+        let md = ent.metadata().with_context(|| format!("cannot stat {disk}"))?;
         let rel = disk.strip_prefix(root).expect("walk stays below root");
         let path = format!("/{rel}");
         let ft = md.file_type();
@@ -146,6 +176,7 @@ fn walk(
                 size: if is_file { md.len() } else { 0 },
                 mtime: md.mtime(),
                 link_group: (is_file && md.nlink() > 1).then(|| (md.dev(), md.ino())),
+                stamp: is_file.then(|| Stamp::of(&md)),
             },
         );
         if kind == Kind::Dir {
