@@ -123,7 +123,9 @@ fn walk(
         let disk = ent.path().to_owned();
         // DirEntry::metadata is an lstat relative to the open directory:
         // cheaper than resolving the whole path again.
-        let md = ent.metadata().with_context(|| format!("cannot stat {disk}"))?;
+        let md = ent
+            .metadata()
+            .with_context(|| format!("cannot stat {disk}"))?;
         let rel = disk.strip_prefix(root).expect("walk stays below root");
         let path = format!("/{rel}");
         let ft = md.file_type();
