@@ -32,7 +32,7 @@ use testmirror::server::Server;
 use testmirror::tools::require_tool;
 
 mod common;
-use common::{Sandbox, XTASK};
+use common::{free_port, Sandbox, XTASK};
 
 const NOBODY: u32 = 65534;
 const READY: &str = "linux-guest: ready";
@@ -81,14 +81,6 @@ fn text(o: &Output) -> String {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     )
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// `run-qemu` in the background, its stdout and stderr collected. On drop

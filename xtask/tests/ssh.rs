@@ -16,7 +16,9 @@ use testmirror::mirror::{self, Layout};
 use testmirror::server::Server;
 use testmirror::tools::require_tool;
 
-const XTASK: &str = env!("CARGO_BIN_EXE_xtask");
+mod common;
+use common::{free_port, XTASK};
+
 const MAGIC_MAC: &str = "00:01:02:03:04:0b";
 
 /// QEMU, killed on drop.
@@ -50,14 +52,6 @@ fn run_ok(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap();
     assert!(out.status.success(), "{cmd:?} failed:\n{}", text(&out));
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Debian's kernel has its NICs as modules: load e1000 before

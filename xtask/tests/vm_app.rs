@@ -19,7 +19,7 @@ use testmirror::server::Server;
 use testmirror::tools::require_tool;
 
 mod common;
-use common::Sandbox;
+use common::{free_port, Sandbox};
 
 struct Setup {
     dir: Utf8PathBuf,
@@ -428,14 +428,6 @@ fn akaros_runs_vmrunkernel_like_the_old_script() {
 
 fn sha(path: &Utf8Path) -> Vec<u8> {
     std::fs::read(path).unwrap()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Reads `r` line by line into a channel (and a shared transcript).

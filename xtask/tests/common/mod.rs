@@ -85,3 +85,13 @@ pub fn project_kernel() -> Option<kernel::BuildOutputs> {
     kernel::configure(&src, &opts, &kernel_config).unwrap();
     Some(kernel::build(&src, &opts).unwrap())
 }
+
+/// A TCP port on 127.0.0.1 that was free a moment ago (for QEMU's
+/// hostfwd and the like).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
