@@ -11,48 +11,9 @@ use camino::{Utf8Path, Utf8PathBuf};
 
 pub use crate::cloud_hypervisor::MAGIC_MAC;
 
-/// The binary every task runs (looked up on PATH).
-pub const QEMU: &str = "qemu-system-x86_64";
-/// Debian package that provides [`QEMU`], for error messages.
-pub const QEMU_PACKAGE: &str = "qemu-system-x86";
-
-/// What `--accel` asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum AccelChoice {
-    /// KVM when `/dev/kvm` can be opened read-write, else TCG.
-    #[default]
-    Auto,
-    Kvm,
-    Tcg,
-}
-
-impl FromStr for AccelChoice {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "auto" => Ok(AccelChoice::Auto),
-            "kvm" => Ok(AccelChoice::Kvm),
-            "tcg" => Ok(AccelChoice::Tcg),
-            _ => Err(format!("`{s}`: expected auto, kvm or tcg")),
-        }
-    }
-}
-
-/// The accelerator actually used.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Accel {
-    Kvm,
-    Tcg,
-}
-
-impl fmt::Display for Accel {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Accel::Kvm => "KVM",
-            Accel::Tcg => "TCG",
-        })
-    }
-}
+// One QEMU binary name, `--accel` and KVM check for the host tasks and the
+// static VM apps: they live in the apps' small runner crate.
+pub use vmapp::qemu::{kvm_usable, Accel, AccelChoice, QEMU, QEMU_PACKAGE};
 
 /// The accelerator and the one-line reason it was chosen.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,22 +28,6 @@ impl fmt::Display for AccelDecision {
     }
 }
 
-/// Whether `dev` (normally `/dev/kvm`) can be opened read-write: what QEMU
-/// needs, and a better test than "exists" (the node is often root-only or
-/// group `kvm`).
-pub fn kvm_usable(dev: &Utf8Path) -> std::result::Result<(), String> {
-    match std::fs::OpenOptions::new().read(true).write(true).open(dev) {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(format!(
-            "{dev} does not exist (no KVM in this kernel, or nested virtualisation is off)"
-        )),
-        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Err(format!(
-            "cannot open {dev} read-write: {e} (add yourself to its group, usually `kvm`)"
-        )),
-        Err(e) => Err(format!("cannot open {dev} read-write: {e}")),
-    }
-}
-
 /// Resolves `--accel` against `dev`. `kvm` fails when KVM cannot be used;
 /// `auto` falls back to TCG and says why.
 pub fn choose_accel(choice: AccelChoice, dev: &Utf8Path) -> Result<AccelDecision> {
@@ -91,14 +36,14 @@ pub fn choose_accel(choice: AccelChoice, dev: &Utf8Path) -> Result<AccelDecision
             accel: Accel::Tcg,
             why: "--accel tcg".into(),
         },
-        AccelChoice::Kvm => match kvm_usable(dev) {
+        AccelChoice::Kvm => match kvm_usable(dev.as_std_path()) {
             Ok(()) => AccelDecision {
                 accel: Accel::Kvm,
                 why: "--accel kvm".into(),
             },
             Err(why) => bail!("--accel kvm: {why}; use --accel tcg (slow, but works anywhere)"),
         },
-        AccelChoice::Auto => match kvm_usable(dev) {
+        AccelChoice::Auto => match kvm_usable(dev.as_std_path()) {
             Ok(()) => AccelDecision {
                 accel: Accel::Kvm,
                 why: format!("{dev} is usable; --accel tcg to emulate instead"),

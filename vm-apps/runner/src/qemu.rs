@@ -3,18 +3,26 @@
 //! command, and the kernel's own messages (`ttyS0`) in a log file.
 
 use std::ffi::OsString;
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use anyhow::{bail, Result};
 
+// The QEMU binary, `--accel` and the KVM check are shared with the host
+// tasks (the `vmm` crate re-exports them): this crate stays small enough
+// for the static apps.
+
+/// The binary every QEMU launch runs (looked up on PATH).
 pub const QEMU: &str = "qemu-system-x86_64";
+/// Debian package that provides [`QEMU`], for error messages.
 pub const QEMU_PACKAGE: &str = "qemu-system-x86";
 pub const KVM_DEVICE: &str = "/dev/kvm";
 
-/// `--accel`.
+/// What `--accel` asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AccelChoice {
+    /// KVM when `/dev/kvm` can be opened read-write, else TCG.
     #[default]
     Auto,
     Kvm,
@@ -28,15 +36,42 @@ impl FromStr for AccelChoice {
             "auto" => Ok(AccelChoice::Auto),
             "kvm" => Ok(AccelChoice::Kvm),
             "tcg" => Ok(AccelChoice::Tcg),
-            _ => Err(format!("{s:?}: expected auto, kvm or tcg")),
+            _ => Err(format!("`{s}`: expected auto, kvm or tcg")),
         }
     }
 }
 
+/// The accelerator actually used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accel {
     Kvm,
     Tcg,
+}
+
+impl fmt::Display for Accel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Accel::Kvm => "KVM",
+            Accel::Tcg => "TCG",
+        })
+    }
+}
+
+/// Whether `dev` (normally `/dev/kvm`) can be opened read-write: what QEMU
+/// needs, and a better test than "exists" (the node is often root-only or
+/// group `kvm`). The error says why not.
+pub fn kvm_usable(dev: &Path) -> Result<(), String> {
+    let shown = dev.display();
+    match std::fs::OpenOptions::new().read(true).write(true).open(dev) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(format!(
+            "{shown} does not exist (no KVM in this kernel, or nested virtualisation is off)"
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Err(format!(
+            "cannot open {shown} read-write: {e} (add yourself to its group, usually `kvm`)"
+        )),
+        Err(e) => Err(format!("cannot open {shown} read-write: {e}")),
+    }
 }
 
 /// The accelerator to start with.
@@ -52,8 +87,7 @@ pub struct Decision {
 /// Resolves `--accel` against `dev` (normally /dev/kvm): KVM needs it
 /// read-write (it is often root- or `kvm`-group-only).
 pub fn choose_accel(choice: AccelChoice, dev: &Path) -> Result<Decision> {
-    let usable = std::fs::OpenOptions::new().read(true).write(true).open(dev);
-    Ok(match (choice, usable) {
+    Ok(match (choice, kvm_usable(dev)) {
         (AccelChoice::Tcg, _) => Decision {
             accel: Accel::Tcg,
             note: None,
@@ -64,23 +98,15 @@ pub fn choose_accel(choice: AccelChoice, dev: &Path) -> Result<Decision> {
             note: None,
             watch: false,
         },
-        (AccelChoice::Kvm, Err(e)) => {
-            bail!(
-                "--accel kvm: cannot open {} read-write: {e}; use --accel tcg",
-                dev.display()
-            )
-        }
+        (AccelChoice::Kvm, Err(why)) => bail!("--accel kvm: {why}; use --accel tcg"),
         (AccelChoice::Auto, Ok(_)) => Decision {
             accel: Accel::Kvm,
             note: None,
             watch: true,
         },
-        (AccelChoice::Auto, Err(e)) => Decision {
+        (AccelChoice::Auto, Err(why)) => Decision {
             accel: Accel::Tcg,
-            note: Some(format!(
-                "cannot open {} read-write ({e}): emulating with TCG, which is slower",
-                dev.display()
-            )),
+            note: Some(format!("{why}: emulating with TCG, which is slower")),
             watch: false,
         },
     })
