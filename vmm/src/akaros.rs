@@ -185,22 +185,7 @@ pub fn args(o: &Options, f: &Files) -> Vec<String> {
 
 /// A command as one shell line, quoted where needed (the run tasks' `--print`).
 pub fn shell_line(binary: &Utf8Path, args: &[String]) -> String {
-    std::iter::once(binary.as_str())
-        .chain(args.iter().map(String::as_str))
-        .map(shell_quote)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn shell_quote(s: &str) -> String {
-    if !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c))
-    {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
-    }
+    vmapp::shell::line(binary.as_str(), args)
 }
 
 /// Checks the inputs exist, writes the files and runs vmrunkernel in the

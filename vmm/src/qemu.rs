@@ -278,21 +278,7 @@ fn escape_opt(v: &str) -> String {
 
 /// A shell-pasteable rendering of a command line (`--dry-run`).
 pub fn shell_line(program: &str, args: &[OsString]) -> String {
-    std::iter::once(program.to_string())
-        .chain(args.iter().map(|a| shell_quote(&a.to_string_lossy())))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn shell_quote(s: &str) -> String {
-    let plain = !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_./:=,@+%".contains(&b));
-    if plain {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
-    }
+    vmapp::shell::line(program, args)
 }
 
 #[cfg(test)]

@@ -214,7 +214,7 @@ fn run_qemu(session: &Session, app: &App) -> Result<u8> {
         let opts = mount_o(app);
         let line = format!(
             "mount -t 9p -o {opts} 127.0.0.1 {}",
-            shell_quote(&app.mnt.to_string_lossy())
+            vmapp::shell::quote(&app.mnt.to_string_lossy())
         );
         if app.no_mount {
             eprintln!("mount-fs: mount it with: {line}");
@@ -395,17 +395,6 @@ fn run_akaros(session: &Session, app: &App) -> Result<u8> {
 fn effective_uid() -> u32 {
     // SAFETY: geteuid(2) cannot fail and touches no memory.
     unsafe { libc::geteuid() }
-}
-
-fn shell_quote(s: &str) -> String {
-    if !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c))
-    {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
-    }
 }
 
 #[cfg(test)]

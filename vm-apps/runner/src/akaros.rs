@@ -44,21 +44,7 @@ impl Args {
 
 /// The command as one shell line (`--verbose`).
 pub fn shell_line(args: &[OsString]) -> String {
-    std::iter::once(VMRUNKERNEL.to_string())
-        .chain(args.iter().map(|a| shell_quote(&a.to_string_lossy())))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-pub(crate) fn shell_quote(s: &str) -> String {
-    if !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c))
-    {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
-    }
+    crate::shell::line(VMRUNKERNEL, args)
 }
 
 #[cfg(test)]

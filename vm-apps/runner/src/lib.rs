@@ -17,6 +17,7 @@
 pub mod akaros;
 pub mod ninep;
 pub mod qemu;
+pub mod shell;
 pub mod signals;
 mod terminal;
 mod workdir;

@@ -187,13 +187,7 @@ fn opt(p: &Path) -> String {
 
 /// The command as one shell line (`--verbose`).
 pub fn shell_line(args: &[OsString]) -> String {
-    std::iter::once(QEMU.to_string())
-        .chain(
-            args.iter()
-                .map(|a| crate::akaros::shell_quote(&a.to_string_lossy())),
-        )
-        .collect::<Vec<_>>()
-        .join(" ")
+    crate::shell::line(QEMU, args)
 }
 
 #[cfg(test)]
