@@ -49,11 +49,13 @@ impl Session {
     /// Starts `program args` with the console on pipes. With `echo`, the
     /// console is copied to our stderr as it arrives.
     pub fn spawn(program: &str, args: &[OsString], echo: bool) -> Result<Session> {
-        let mut child = Command::new(program)
-            .args(args)
+        let mut cmd = Command::new(program);
+        cmd.args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stderr(Stdio::piped());
+        die_with_parent(&mut cmd);
+        let mut child = cmd
             .spawn()
             .with_context(|| format!("cannot start {program}"))?;
         let started = Instant::now();
@@ -433,7 +435,9 @@ pub fn boot_test(program: &str, args: &[OsString], t: &BootTest) -> Result<BootR
         for (i, cmd) in t.checks.iter().enumerate() {
             let (typed, seen) = tagged(&format!("lg-check-{i}"));
             let begin = s.console_len();
-            let _ = s.send(&format!("{cmd}; echo \"{typed}:$?\"\n"));
+            // A newline, not `;`: `cmd &` or `cmd # note` would swallow
+            // or break a `; echo`.
+            let _ = s.send(&format!("{cmd}\necho \"{typed}:$?\"\n"));
             let end = match s.wait_for(&format!("{seen}:"), begin, Instant::now() + t.timeout)? {
                 Wait::Found(at) => at,
                 _ => return Err(fail(&mut s, format!("the check `{cmd}` did not finish"))),
@@ -495,6 +499,23 @@ pub fn boot_test(program: &str, args: &[OsString], t: &BootTest) -> Result<BootR
     Ok(report)
 }
 
+/// A headless QEMU does not notice that we are gone (its console pipes
+/// just stop being read): have the kernel kill it when the task is killed
+/// (a CI timeout, `kill`), so that no guest is left running.
+pub fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no
+    // memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -538,12 +559,12 @@ mod tests {
     /// A fake console: a shell that prints the marker and then reads lines
     /// as a guest's login shell would, with the tty echo imitated.
     const FAKE_GUEST: &str = r#"echo 'linux-guest: ready'
+poweroff() { exit 0; }
+st=0
 while IFS= read -r line; do
   printf '%s\n' "$line"
-  case "$line" in
-    poweroff) exit 0 ;;
-    *) sh -c "$line" ;;
-  esac
+  # `$?` of the previous line, as in a shell reading its input itself.
+  (exit $st); eval "$line"; st=$?
 done"#;
 
     fn test(checks: &[&str]) -> BootTest {

@@ -349,10 +349,11 @@ pub fn stop(socket: &Utf8Path, grace: Duration) -> Result<Stopped> {
                      (connection refused); removed the stale socket"
                 )
             }
-            None => return Err(e),
+            // The VMM answered with an error (no VM booted, paused...):
+            // it is alive, so vmm.shutdown below still applies.
+            None => eprintln!("power button refused ({e:#}); shutting the VMM down"),
         }
-    }
-    if wait_gone(socket, grace) {
+    } else if wait_gone(socket, grace) {
         cleanup(socket);
         return Ok(Stopped::PowerButton);
     }

@@ -227,19 +227,19 @@ pub fn run(o: &Options, stdout: &mut dyn Write, stderr: &mut dyn Write) -> Resul
         });
     }
     let start = Instant::now();
-    let mut child = Command::new(qemu::QEMU)
-        .args(q.args())
+    let mut cmd = Command::new(qemu::QEMU);
+    cmd.args(q.args())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| {
-            format!(
-                "cannot start {} (apt-get install {})",
-                qemu::QEMU,
-                qemu::QEMU_PACKAGE
-            )
-        })?;
+        .stderr(Stdio::piped());
+    crate::boot::die_with_parent(&mut cmd);
+    let mut child = cmd.spawn().with_context(|| {
+        format!(
+            "cannot start {} (apt-get install {})",
+            qemu::QEMU,
+            qemu::QEMU_PACKAGE
+        )
+    })?;
     let mut qemu_err = child.stderr.take().context("no stderr pipe")?;
     let err_reader = std::thread::spawn(move || {
         let mut s = String::new();

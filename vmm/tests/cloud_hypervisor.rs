@@ -177,6 +177,40 @@ fn stop_shuts_the_vmm_down_when_the_guest_ignores_the_button() {
 }
 
 #[test]
+fn stop_shuts_the_vmm_down_when_the_power_button_is_refused() {
+    let (_t, dir) = tmp();
+    let sock = dir.join("ch.sock");
+    let l = UnixListener::bind(&sock).unwrap();
+    let vmm = fake_vmm(&sock);
+    let v = vmm.clone();
+    // No VM booted: Cloud Hypervisor answers the button with an error.
+    let (h, seen) = serve(
+        l,
+        vec![
+            "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 18\r\n\r\n\"VM is not booted\"",
+            "HTTP/1.1 204 No Content\r\n\r\n",
+        ],
+        move |req| {
+            if req.contains("vmm.shutdown") {
+                v.lock().unwrap().kill().unwrap();
+            }
+        },
+    );
+    let start = Instant::now();
+    let how = cloud_hypervisor::stop(&sock, Duration::from_secs(20)).unwrap();
+    assert_eq!(how, Stopped::VmmShutdown);
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "did not wait the grace"
+    );
+    h.join().unwrap();
+    let seen = seen.lock().unwrap();
+    assert!(seen[1].starts_with("PUT /api/v1/vmm.shutdown "), "{seen:?}");
+    assert!(!sock.exists() && !pid_file(&sock).exists());
+    vmm.lock().unwrap().wait().unwrap();
+}
+
+#[test]
 fn kvm_check_names_the_device_and_the_alternative() {
     let (_t, dir) = tmp();
     let e = cloud_hypervisor::check_kvm(&dir.join("kvm")).unwrap_err();

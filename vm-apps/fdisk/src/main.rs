@@ -91,7 +91,7 @@ fn run(args: Vec<OsString>) -> Result<u8> {
             };
             let waited = session.run_qemu(
                 &mut args,
-                Stdio::inherit(),
+                Stdio::inherit,
                 false,
                 |_| Ok(()),
                 &mut |_, child| vmapp::forward_term(child),

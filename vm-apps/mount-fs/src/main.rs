@@ -239,7 +239,7 @@ fn run_qemu(session: &Session, app: &App) -> Result<u8> {
         eprintln!("mount-fs: type SHUTDOWN or press Ctrl-C to unmount and stop");
         Ok(())
     };
-    let waited = session.run_qemu(&mut args, Stdio::piped(), true, on_start, &mut |_, _| {
+    let waited = session.run_qemu(&mut args, Stdio::piped, true, on_start, &mut |_, _| {
         host.undo();
         send(&console, "SHUTDOWN\n");
         Ok(())

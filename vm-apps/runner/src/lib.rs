@@ -128,7 +128,13 @@ pub fn parse_options(args: Vec<OsString>) -> Result<Option<(Options, Vec<OsStrin
                     _ => bail!("--vmm {value:?}: expected qemu or akaros"),
                 }
             }
-            "--kernel" => o.kernel = Some(PathBuf::from(value)),
+            // Absolute: vmrunkernel runs in the private directory.
+            "--kernel" => {
+                o.kernel = Some(
+                    std::path::absolute(&value)
+                        .with_context(|| format!("--kernel {value}: cannot resolve the path"))?,
+                )
+            }
             "--accel" => {
                 o.accel = value
                     .parse()
@@ -277,7 +283,9 @@ impl Session {
     pub fn run_qemu(
         &self,
         args: &mut qemu::Args,
-        stdin: Stdio,
+        // A function, not a Stdio: the KVM attempt consumes one, and the
+        // TCG retry needs a fresh one of the same kind.
+        stdin: fn() -> Stdio,
         detach: bool,
         mut on_start: impl FnMut(&mut Child) -> Result<()>,
         on_signal: &mut dyn FnMut(i32, &mut Child) -> Result<()>,
@@ -287,15 +295,13 @@ impl Session {
             eprintln!("{}: {note}", self.app);
         }
         args.accel = decision.accel;
-        let mut stdin = Some(stdin);
         loop {
             let argv = args.argv();
             if self.opts.verbose {
                 eprintln!("{}: {}", self.app, qemu::shell_line(&argv));
             }
             let mut cmd = Command::new(qemu::QEMU);
-            cmd.args(&argv)
-                .stdin(stdin.take().unwrap_or_else(Stdio::null));
+            cmd.args(&argv).stdin(stdin());
             if detach {
                 std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
             }

@@ -37,10 +37,10 @@ pub struct Flags {
     #[arg(long, value_name = "CMD")]
     check: Vec<String>,
     /// Seconds to wait for the marker (and for each check)
-    #[arg(long, default_value_t = 180, value_name = "SECS")]
+    #[arg(long, default_value_t = 180, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
     timeout: u64,
     /// Seconds for a shell prompt and the power-off once ready
-    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    #[arg(long, default_value_t = 60, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
     shutdown_timeout: u64,
     /// Copy the console to stderr as it arrives
     #[arg(long, short)]

@@ -14,7 +14,7 @@ pub struct Flags {
     #[arg(long, default_value = "tap-vm")]
     tap: String,
     /// The bridge's addresses (repeatable) [default: 10.0.2.2/24 fd0:1234:4321::2/64]
-    #[arg(long = "address", value_name = "ADDR/LEN")]
+    #[arg(long = "address", value_name = "ADDR/LEN", value_parser = parse_cidr)]
     addresses: Vec<String>,
     /// Who may open the tap (tap-up) [default: $SUDO_USER, if set]
     #[arg(long, value_name = "USER")]
@@ -86,4 +86,32 @@ fn finish(f: &Flags, plan: &[Vec<String>], nothing: &str) -> Result<()> {
         tap::apply(plan)?;
     }
     Ok(())
+}
+
+/// `ADDR/LEN`: the length is needed to tell on a re-run whether the bridge
+/// already has the address (`ip` shows it with its length).
+fn parse_cidr(s: &str) -> Result<String, String> {
+    match s.split_once('/') {
+        Some((addr, len))
+            if addr.parse::<std::net::IpAddr>().is_ok() && len.parse::<u8>().is_ok() =>
+        {
+            Ok(s.to_string())
+        }
+        _ => Err(format!(
+            "`{s}` is not ADDR/LEN (e.g. 10.0.2.2/24 or fd0:1234:4321::2/64)"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn addresses_need_a_prefix_length() {
+        assert!(super::parse_cidr("10.0.2.2/24").is_ok());
+        assert!(super::parse_cidr("fd0:1234:4321::2/64").is_ok());
+        for bad in ["10.0.2.2", "10.0.2.2/", "host/24", "10.0.2.2/x"] {
+            let e = super::parse_cidr(bad).unwrap_err();
+            assert!(e.contains("ADDR/LEN"), "{e}");
+        }
+    }
 }

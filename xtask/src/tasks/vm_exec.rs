@@ -27,7 +27,7 @@ pub struct Flags {
     #[arg(long, value_name = "DIR")]
     share: Option<Utf8PathBuf>,
     /// Seconds before the guest is killed
-    #[arg(long, default_value_t = 600, value_name = "SECS")]
+    #[arg(long, default_value_t = 600, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
     timeout: u64,
     /// Say which accelerator was used, and how long it took (on stderr)
     #[arg(long, short)]
