@@ -13,7 +13,7 @@ use initramfs::{Compression, PackOptions};
 use kernel::{BuildOptions, Source};
 use rootfs::manifest::Manifest;
 use testmirror::kernel_cache;
-use testmirror::tools::require_tool;
+use testmirror::tools::require_tools;
 
 const INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s
@@ -121,13 +121,13 @@ fn kernel_build_and_boot() {
         ("/bin/busybox", "busybox-static"),
         ("/usr/src/linux-source-*.tar.xz", "linux-source-6.1"),
     ];
-    let mut found = Vec::new();
-    for (tool, pkg) in tools {
-        match require_tool(tool, pkg) {
-            Some(p) => found.push(Utf8PathBuf::from_path_buf(p).unwrap()),
-            None => return,
-        }
-    }
+    let Some(found) = require_tools(&tools) else {
+        return;
+    };
+    let found: Vec<Utf8PathBuf> = found
+        .into_iter()
+        .map(|p| Utf8PathBuf::from_path_buf(p).unwrap())
+        .collect();
     let (busybox, tarball) = (found[3].clone(), found[4].clone());
     assert!(
         is_static(&busybox),

@@ -90,6 +90,15 @@ fn find_file(pattern: &str) -> Option<PathBuf> {
     hits.pop()
 }
 
+/// [`require_tool`] for each `(tool, debian_package)`, in order: all their
+/// paths, or `None` (a skipped test) when one is missing.
+pub fn require_tools(tools: &[(&str, &str)]) -> Option<Vec<PathBuf>> {
+    tools
+        .iter()
+        .map(|(tool, pkg)| require_tool(tool, pkg))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

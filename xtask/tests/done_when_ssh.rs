@@ -29,7 +29,7 @@ use kernel::Source;
 use testmirror::kernel_cache;
 use testmirror::mirror::{self, Layout};
 use testmirror::server::Server;
-use testmirror::tools::require_tool;
+use testmirror::tools::{require_tool, require_tools};
 
 mod common;
 use common::{free_port, Sandbox, XTASK};
@@ -270,13 +270,13 @@ fn full_build_run_qemu_ssh_and_vm_exec() {
         ("/usr/sbin/dropbear", "dropbear-bin"),
         ("dropbearconvert", "dropbear-bin"),
     ];
-    let mut found = Vec::new();
-    for (tool, pkg) in tools {
-        match require_tool(tool, pkg) {
-            Some(p) => found.push(Utf8PathBuf::from_path_buf(p).unwrap()),
-            None => return,
-        }
-    }
+    let Some(found) = require_tools(&tools) else {
+        return;
+    };
+    let found: Vec<Utf8PathBuf> = found
+        .into_iter()
+        .map(|p| Utf8PathBuf::from_path_buf(p).unwrap())
+        .collect();
     let tarball = found[0].clone();
     assert!(
         mirror::openssh_has_real_sshd(),

@@ -17,7 +17,7 @@ use rootfs::manifest::Manifest;
 use testmirror::kernel_cache;
 use testmirror::mirror::{self, Layout};
 use testmirror::server::Server;
-use testmirror::tools::require_tool;
+use testmirror::tools::require_tools;
 
 mod common;
 use common::Sandbox;
@@ -46,13 +46,13 @@ fn full_build_embeds_the_initramfs_and_boots() {
         ("qemu-system-x86_64", "qemu-system-x86"),
         ("/usr/src/linux-source-*.tar.xz", "linux-source-6.1"),
     ];
-    let mut found = Vec::new();
-    for (tool, pkg) in tools {
-        match require_tool(tool, pkg) {
-            Some(p) => found.push(Utf8PathBuf::from_path_buf(p).unwrap()),
-            None => return,
-        }
-    }
+    let Some(found) = require_tools(&tools) else {
+        return;
+    };
+    let found: Vec<Utf8PathBuf> = found
+        .into_iter()
+        .map(|p| Utf8PathBuf::from_path_buf(p).unwrap())
+        .collect();
     let tarball = found[5].clone();
 
     let tmp = tempfile::tempdir().unwrap();

@@ -48,13 +48,9 @@ pub struct Flags {
 }
 
 pub fn run(c: &Config, f: &Flags) -> Result<()> {
-    let (kernel, initrd) = f.guest.image(c)?;
-    let decision = f.guest.accel()?;
-    eprintln!("{decision}");
-    let mut o = qemu::Options::new(kernel, initrd, decision.accel);
+    let mut o = f.guest.qemu_options(c)?;
     o.smp = f.smp;
     o.memory_mib = f.memory;
-    o.append = f.guest.append.clone();
     o.console = f.console;
     o.net = Net::None;
     o.io = Io::Headless;
@@ -77,7 +73,7 @@ pub fn run(c: &Config, f: &Flags) -> Result<()> {
     println!(
         "boot-test: ready after {:.1}s ({}), {} check(s) passed, {ending}",
         r.ready_after.as_secs_f64(),
-        decision.accel,
+        o.accel,
         r.checks.len()
     );
     Ok(())

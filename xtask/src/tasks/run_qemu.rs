@@ -70,6 +70,17 @@ impl GuestFlags {
     pub fn accel(&self) -> Result<AccelDecision> {
         qemu::choose_accel(self.accel, &self.kvm_device)
     }
+
+    /// The QEMU options these flags make (image, accelerator, `--append`),
+    /// with the accelerator choice said on stderr; the caller adds its own.
+    pub fn qemu_options(&self, c: &Config) -> Result<qemu::Options> {
+        let (kernel, initrd) = self.image(c)?;
+        let decision = self.accel()?;
+        eprintln!("{decision}");
+        let mut o = qemu::Options::new(kernel, initrd, decision.accel);
+        o.append = self.append.clone();
+        Ok(o)
+    }
 }
 
 fn existing(p: &Utf8Path, flag: &str) -> Result<Utf8PathBuf> {
@@ -121,13 +132,9 @@ pub struct Flags {
 }
 
 pub fn run(c: &Config, f: &Flags) -> Result<()> {
-    let (kernel, initrd) = f.guest.image(c)?;
-    let decision = f.guest.accel()?;
-    eprintln!("{decision}");
-    let mut o = qemu::Options::new(kernel, initrd, decision.accel);
+    let mut o = f.guest.qemu_options(c)?;
     o.smp = f.smp;
     o.memory_mib = f.memory;
-    o.append = f.guest.append.clone();
     o.console = f.console;
     o.gdb = f.gdb;
     o.net = match f.net {
